@@ -1,0 +1,586 @@
+"""Zero-shot evaluation: per-language perplexity and XNLI accuracy, scored like lm-evaluation-harness.
+
+Reference: ``methods.md`` section 1.4 (evaluation in Kim et al. 2024) and section 5 (zero-shot
+evaluation as lm-evaluation-harness 0.4.x does it). Everything rests on one primitive,
+:func:`loglikelihoods`, which scores ``(context, continuation)`` token-id pairs the way the
+harness's ``HFLM.loglikelihood`` does, but applies the LM head only to the hidden states that
+predict continuation tokens: with a 262,144-entry vocabulary (Gemma 3) the full logits of a
+batch would otherwise dominate time and memory.
+
+This module is Qt-free. Long functions take ``progress`` (a :class:`~polyprune.progress.Progress`
+or ``None``), report per batch and stop with :class:`~polyprune.errors.Cancelled` on request.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from .errors import PolypruneError
+from .progress import Progress, ensure
+
+__all__ = [
+    "EvalRecord",
+    "loglikelihoods",
+    "perplexity",
+    "flores_perplexity",
+    "XNLI_WORDS",
+    "XNLI_LANGUAGES",
+    "xnli_requests",
+    "xnli_accuracy",
+    "compare",
+]
+
+#: Rows of the LM head applied at once (bounds the float32 logits to ``2048 x vocab``).
+HEAD_CHUNK_ROWS = 2048
+
+
+# ------------------------------------------------------------------------------------------
+# Records
+# ------------------------------------------------------------------------------------------
+@dataclass
+class EvalRecord:
+    """One evaluation result.
+
+    Attributes:
+        task: ``"flores_ppl"``, ``"xnli"``, ...
+        language: the language code the result belongs to (FLORES-200 code for perplexity,
+            the dataset's two-letter code for XNLI).
+        metric: ``"perplexity"`` or ``"acc"``.
+        value: the metric's value (perplexity: ``exp(nats per token)``; acc: fraction in [0, 1]).
+        n: number of examples (sentences, documents).
+        extra: further numbers, e.g. ``{"tokens": int, "nll": float}`` (nll in nats) or
+            ``{"stderr": float}``.
+    """
+
+    task: str
+    language: str
+    metric: str
+    value: float
+    n: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready plain ``dict`` of all fields."""
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------
+# Engine primitive
+# ------------------------------------------------------------------------------------------
+def _softcap(config) -> float | None:
+    """``final_logit_softcapping`` of ``config`` (or of its text config), or ``None``."""
+    for cfg in (config, getattr(config, "text_config", None)):
+        if cfg is None:
+            continue
+        cap = getattr(cfg, "final_logit_softcapping", None)
+        if cap is not None:
+            return float(cap)
+    return None
+
+
+def _pad_id(model) -> int:
+    cfg = model.config
+    for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        v = getattr(cfg, name, None)
+        if isinstance(v, (list, tuple)):
+            v = v[0] if v else None
+        if isinstance(v, int) and v >= 0:
+            return v
+    return 0
+
+
+def loglikelihoods(model, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *,
+                   batch_size: int = 8, max_length: int | None = None,
+                   progress: Progress | None = None) -> list[tuple[float, int, bool]]:
+    """Sum of continuation log-probabilities for each ``(context_ids, continuation_ids)`` pair.
+
+    Equivalent to, for each request separately,
+    ``model(input_ids=ctx + cont).logits.float().log_softmax(-1)`` gathered at the continuation
+    tokens and summed (lm-evaluation-harness ``loglikelihood``; methods.md section 5), but
+    computed in batches with right padding and the LM head applied only to the positions that
+    predict continuation tokens (in chunks of at most :data:`HEAD_CHUNK_ROWS` rows).
+
+    Processing: requests are sorted by input length (descending) and batched; each batch of
+    ``B`` requests is right-padded to ``T`` tokens (``input_ids``/``attention_mask`` of shape
+    ``[B, T]``) and run through ``model.base_model`` (no head). From
+    ``last_hidden_state [B, T, H]`` the ``R`` rows predicting continuation tokens are selected
+    (``[R, H]``), projected with ``model.get_output_embeddings()`` to ``[<=2048, V]``, soft-capped
+    (``tanh(x / c) * c``) when the config has ``final_logit_softcapping``, log-softmaxed in
+    float32 and gathered. Sums are accumulated in float64. Runs under ``torch.inference_mode()``
+    on ``next(model.parameters()).device`` for any model dtype; the model is put in eval mode
+    for the call and its training flag restored afterwards.
+
+    Args:
+        model: a Hugging Face causal LM (``*ForCausalLM``) with ``base_model`` and
+            ``get_output_embeddings()``.
+        requests: ``(context_ids, continuation_ids)`` lists of token ids; the context must be
+            non-empty (use BOS/EOS for an empty context, as the harness does).
+        batch_size: requests per forward pass.
+        max_length: if set, at most this many input tokens per request: like the harness,
+            the model sees ``(ctx + cont)[-(max_length + 1):][:-1]`` (the context is
+            left-truncated). ``None``: no limit.
+        progress: receives ``update(done_requests, total_requests)`` per batch; cancel raises
+            :class:`~polyprune.errors.Cancelled`.
+
+    Returns:
+        One ``(logprob_sum, n_continuation_tokens, is_greedy)`` per request, in input order;
+        ``logprob_sum`` is in nats (a Python float, <= 0), ``is_greedy`` is True when every
+        continuation token is the argmax of its prediction. An empty continuation gives
+        ``(0.0, 0, True)``.
+
+    Raises:
+        ValueError: a request has an empty context, or a continuation longer than
+            ``max_length`` (it could not be scored), or ``batch_size < 1``.
+        Cancelled: ``progress.cancel()`` was called.
+    """
+    progress = ensure(progress)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"max_length must be >= 1 or None, got {max_length}")
+
+    # Per request: the model input (all tokens but the last, possibly left-truncated).
+    inputs: list[list[int]] = []
+    targets: list[list[int]] = []
+    for i, (ctx, cont) in enumerate(requests):
+        ctx, cont = list(ctx), list(cont)
+        if not ctx:
+            raise ValueError(f"request {i} has an empty context; pass [bos_token_id] instead")
+        if max_length is not None and len(cont) > max_length:
+            raise ValueError(f"request {i}: continuation of {len(cont)} tokens exceeds "
+                             f"max_length={max_length}")
+        tokens = ctx + cont
+        if max_length is not None:
+            tokens = tokens[-(max_length + 1):]
+        inputs.append(tokens[:-1])
+        targets.append(cont)
+
+    results: list[tuple[float, int, bool] | None] = [None] * len(inputs)
+    todo = [i for i in range(len(inputs)) if targets[i]]
+    for i in range(len(inputs)):
+        if not targets[i]:
+            results[i] = (0.0, 0, True)
+    # Longest first (as the harness), so the first batch shows out-of-memory problems early.
+    todo.sort(key=lambda i: -len(inputs[i]))
+    total = len(inputs)
+    done = total - len(todo)
+    progress.update(done, total, "scoring")
+    if not todo:
+        return results  # type: ignore[return-value]
+
+    device = next(model.parameters()).device
+    base = model.base_model
+    head = model.get_output_embeddings()
+    cap = _softcap(model.config)
+    pad = _pad_id(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(todo), batch_size):
+                progress.check()
+                idx = todo[start:start + batch_size]
+                T = max(len(inputs[i]) for i in idx)
+                ids = torch.full((len(idx), T), pad, dtype=torch.long)
+                mask = torch.zeros((len(idx), T), dtype=torch.long)
+                b_rows, p_rows, tgt, counts = [], [], [], []
+                for b, i in enumerate(idx):
+                    inp, cont = inputs[i], targets[i]
+                    L, C = len(inp), len(cont)
+                    ids[b, :L] = torch.tensor(inp, dtype=torch.long)
+                    mask[b, :L] = 1
+                    # input position L-C+k predicts cont[k]
+                    b_rows.extend([b] * C)
+                    p_rows.extend(range(L - C, L))
+                    tgt.extend(cont)
+                    counts.append(C)
+                out = base(input_ids=ids.to(device), attention_mask=mask.to(device),
+                           use_cache=False)
+                hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+                b_t = torch.tensor(b_rows, device=hidden.device)
+                p_t = torch.tensor(p_rows, device=hidden.device)
+                rows = hidden[b_t, p_t]  # [R, H]
+                del out, hidden
+                tgt_t = torch.tensor(tgt, dtype=torch.long)
+                lps, greedy = [], []
+                for c0 in range(0, rows.shape[0], HEAD_CHUNK_ROWS):
+                    chunk = rows[c0:c0 + HEAD_CHUNK_ROWS]
+                    logits = head(chunk.to(head.weight.device)).float()  # [r, V]
+                    if cap is not None:
+                        logits = torch.tanh(logits / cap) * cap
+                    logp = torch.log_softmax(logits, dim=-1)
+                    t = tgt_t[c0:c0 + HEAD_CHUNK_ROWS].to(logp.device)
+                    lps.append(logp.gather(1, t[:, None])[:, 0].double().cpu())
+                    greedy.append((logp.argmax(dim=-1) == t).cpu())
+                    del logits, logp
+                lp_all = torch.cat(lps)
+                gr_all = torch.cat(greedy)
+                off = 0
+                for i, C in zip(idx, counts):
+                    results[i] = (float(lp_all[off:off + C].sum()), C,
+                                  bool(gr_all[off:off + C].all()))
+                    off += C
+                done += len(idx)
+                progress.update(done, total, f"scored {done}/{total}")
+    finally:
+        model.train(was_training)
+    return results  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------------------
+# Perplexity
+# ------------------------------------------------------------------------------------------
+def _special_ids(tokenizer) -> set[int]:
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        v = getattr(tokenizer, name, None)
+        if isinstance(v, int):
+            ids.add(v)
+    return ids
+
+
+def _prefix_id(tokenizer) -> int:
+    """``bos_token_id`` or, without one, ``eos_token_id`` (the harness's ``prefix_token_id``)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None:
+        return int(bos)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is not None:
+        return int(eos)
+    raise PolypruneError("The tokenizer has neither a BOS nor an EOS token, so the first token "
+                         "of a text cannot be scored",
+                         "use the tokenizer that belongs to the model (tokenizer_config.json "
+                         "should define bos_token or eos_token)")
+
+
+def perplexity(model, tokenizer, texts: Iterable[str], *, batch_size: int = 8,
+               max_length: int | None = None,
+               progress: Progress | None = None) -> tuple[float, float, int]:
+    """Token-level perplexity of ``texts`` (methods.md section 5, "Perplexity").
+
+    Each text is tokenized with the tokenizer's own special-token behaviour
+    (``tokenizer(text)["input_ids"]``, which adds BOS for Gemma/Llama); if the first id is not a
+    special token, ``bos_token_id`` (or ``eos_token_id``) is prepended so that every real token
+    is predicted. Context = first id, continuation = the rest; all continuation tokens of all
+    texts are pooled.
+
+    Args:
+        model: causal LM (see :func:`loglikelihoods`).
+        tokenizer: its Hugging Face tokenizer.
+        texts: strings; empty/whitespace-only texts are skipped.
+        batch_size: texts per forward pass.
+        max_length: passed to :func:`loglikelihoods` (texts longer than this raise).
+        progress: per-batch progress and cancellation.
+
+    Returns:
+        ``(perplexity, total_nll, tokens)``: ``exp(total_nll / tokens)``, the summed negative
+        log-likelihood in nats, and the number of scored tokens.
+
+    Raises:
+        PolypruneError: no text had a token to score, or the tokenizer has no BOS/EOS.
+        Cancelled: on cancel.
+    """
+    special = _special_ids(tokenizer)
+    requests = []
+    for text in texts:
+        if not text or not text.strip():
+            continue
+        ids = list(tokenizer(text)["input_ids"])
+        if not ids or ids[0] not in special:
+            ids = [_prefix_id(tokenizer)] + ids
+        if len(ids) < 2:
+            continue
+        requests.append((ids[:1], ids[1:]))
+    if not requests:
+        raise PolypruneError("No tokens to score: every text was empty",
+                             "pass at least one non-empty text")
+    res = loglikelihoods(model, requests, batch_size=batch_size, max_length=max_length,
+                         progress=progress)
+    nll = -sum(r[0] for r in res)
+    tokens = sum(r[1] for r in res)
+    return math.exp(nll / tokens), nll, tokens
+
+
+def _flores_file(flores_dir: Path, split: str, code: str) -> Path | None:
+    for folder in (flores_dir / split, flores_dir):
+        f = folder / f"{code}.{split}"
+        if f.is_file():
+            return f
+    return None
+
+
+def _resolve_flores_code(code: str) -> str:
+    """Map ``code`` to a FLORES-200 code via :mod:`polyprune.languages` when it is available."""
+    try:
+        from .languages import resolve_language  # lazy: module may be absent
+    except Exception:  # noqa: BLE001 - optional dependency inside the package
+        return code
+    try:
+        lang = resolve_language(code)
+    except Exception:  # noqa: BLE001 - unknown to the table: keep the code as given
+        return code
+    if isinstance(lang, str):
+        return lang
+    for attr in ("flores", "flores_code", "flores200", "code"):
+        v = getattr(lang, attr, None)
+        if isinstance(v, str) and v:
+            return v
+    if isinstance(lang, dict):
+        for key in ("flores", "flores_code", "flores200", "code"):
+            if isinstance(lang.get(key), str):
+                return lang[key]
+    return code
+
+
+def flores_perplexity(model, tokenizer, flores_dir, languages: Sequence[str], *,
+                      split: str = "devtest", limit: int | None = None, batch_size: int = 8,
+                      progress: Progress | None = None) -> list[EvalRecord]:
+    """Per-language FLORES-200 perplexity (methods.md section 5, "Perplexity").
+
+    Reads ``<flores_dir>/<split>/<code>.<split>`` (or ``<flores_dir>/<code>.<split>`` when
+    ``flores_dir`` is the split folder itself), one sentence a line, the first ``limit`` lines.
+    Codes are FLORES-200 codes (``eng_Latn``); other spellings are mapped with
+    ``polyprune.languages.resolve_language`` when that module is present.
+
+    Returns:
+        One :class:`EvalRecord` per language: task ``"flores_ppl"``, metric ``"perplexity"``,
+        ``n`` = sentences, ``extra = {"tokens": int, "nll": float (nats)}``.
+
+    Raises:
+        PolypruneError: the folder or a language file is missing, or a file is empty.
+        Cancelled: on cancel.
+    """
+    progress = ensure(progress)
+    root = Path(flores_dir).expanduser()
+    fix = ("point the FLORES folder at a FLORES-200 directory that contains dev/ and devtest/ "
+           "(files such as devtest/eng_Latn.devtest)")
+    if not root.is_dir():
+        raise PolypruneError(f"FLORES folder not found: {root}", fix)
+    files = []
+    for lang in languages:
+        code = lang
+        f = _flores_file(root, split, code)
+        if f is None:
+            code = _resolve_flores_code(lang)
+            f = _flores_file(root, split, code)
+        if f is None:
+            raise PolypruneError(
+                f"No FLORES-200 file for language {lang!r}: expected "
+                f"{root / split / f'{code}.{split}'}",
+                fix + "; use FLORES-200 codes such as eng_Latn, fra_Latn, zho_Hans")
+        files.append((code, f))
+    records = []
+    n_lang = max(len(files), 1)
+    for k, (code, f) in enumerate(files):
+        progress.check()
+        with open(f, encoding="utf-8") as fh:
+            lines = [line.rstrip("\r\n") for line in fh]
+        if limit is not None:
+            lines = lines[:limit]
+        lines = [s for s in lines if s.strip()]
+        if not lines:
+            raise PolypruneError(f"FLORES file {f} has no sentences",
+                                 "check the file, or use a positive limit")
+        sub = progress.sub(k / n_lang, (k + 1) / n_lang)
+        ppl, nll, tokens = perplexity(model, tokenizer, lines, batch_size=batch_size,
+                                      progress=sub)
+        records.append(EvalRecord("flores_ppl", code, "perplexity", ppl, len(lines),
+                                  {"tokens": tokens, "nll": nll}))
+    return records
+
+
+# ------------------------------------------------------------------------------------------
+# XNLI
+# ------------------------------------------------------------------------------------------
+#: Per language ``(question, entailment, neutral, contradiction)`` words of
+#: lm-evaluation-harness 0.4.x XNLI prompts (methods.md section 5).
+XNLI_WORDS: dict[str, tuple[str, str, str, str]] = {
+    "ar": ("صحيح", "نعم", "لذا", "رقم"),
+    "bg": ("правилно", "да", "така", "не"),
+    "de": ("richtig", "Ja", "Auch", "Nein"),
+    "el": ("σωστός", "Ναί", "Έτσι", "όχι"),
+    "en": ("right", "Yes", "Also", "No"),
+    "es": ("correcto", "Sí", "Asi que", "No"),
+    "fr": ("correct", "Oui", "Aussi", "Non"),
+    "hi": ("सही", "हाँ", "इसलिए", "नहीं"),
+    "ru": ("правильно", "Да", "Так", "Нет"),
+    "sw": ("sahihi", "Ndiyo", "Hivyo", "Hapana"),
+    "th": ("ถูกต้อง", "ใช่", "ดังนั้น", "ไม่"),
+    "tr": ("doğru", "Evet", "Böylece", "Hayır"),
+    "ur": ("صحیح", "جی ہاں", "اس لئے", "نہیں"),
+    "vi": ("đúng", "Vâng", "Vì vậy", "Không"),
+    "zh": ("正确", "是的", "所以", "不是的"),
+}
+XNLI_LANGUAGES = tuple(XNLI_WORDS)
+
+
+def _xnli_lang(lang: str) -> str:
+    key = lang.strip().lower()
+    if key not in XNLI_WORDS:
+        raise PolypruneError(f"XNLI has no language {lang!r}",
+                             "use one of " + ", ".join(XNLI_LANGUAGES))
+    return key
+
+
+def xnli_choices(doc: dict, lang: str) -> list[str]:
+    """The three XNLI continuation strings (entailment, neutral, contradiction), each with the
+    harness's leading target delimiter ``" "``: ``" " + premise + ", Q? E, " + hypothesis``."""
+    q, e, n, c = XNLI_WORDS[_xnli_lang(lang)]
+    return [f" {doc['premise']}, {q}? {w}, {doc['hypothesis']}" for w in (e, n, c)]
+
+
+def xnli_requests(doc: dict, lang: str, tokenizer) -> list[tuple[list[int], list[int]]]:
+    """``(context_ids, continuation_ids)`` for the three XNLI choices of ``doc``.
+
+    As lm-evaluation-harness 0.4.13 with an empty context: the continuation is encoded with
+    ``add_special_tokens=False``; the context is ``[prefix_token_id]`` (BOS, else EOS), unless
+    the continuation already starts with that id, in which case context = ``cont[:1]`` and
+    continuation = ``cont[1:]``.
+
+    Raises:
+        PolypruneError: ``lang`` is not one of the 15 XNLI languages.
+    """
+    prefix = _prefix_id(tokenizer)
+    out = []
+    for s in xnli_choices(doc, lang):
+        cont = list(tokenizer(s, add_special_tokens=False)["input_ids"])
+        if cont and cont[0] == prefix:
+            out.append((cont[:1], cont[1:]))
+        else:
+            out.append(([prefix], cont))
+    return out
+
+
+def _read_xnli(path: Path, limit: int | None) -> list[dict]:
+    docs = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if limit is not None and len(docs) >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PolypruneError(f"{path}, line {lineno}: not valid JSON ({exc.msg})",
+                                     "each line must be one JSON object with premise, "
+                                     "hypothesis and label") from None
+            if not isinstance(row, dict):
+                raise PolypruneError(f"{path}, line {lineno}: not a JSON object",
+                                     "each line must be one JSON object with premise, "
+                                     "hypothesis and label")
+            for fld in ("premise", "hypothesis"):
+                if not isinstance(row.get(fld), str):
+                    raise PolypruneError(
+                        f"{path}, line {lineno}: field {fld!r} is missing or not a string",
+                        "each row needs string fields premise and hypothesis")
+            label = row.get("label")
+            if isinstance(label, str) and label.strip().isdigit():
+                label = int(label)
+            if isinstance(label, bool) or not isinstance(label, int) or label not in (0, 1, 2):
+                raise PolypruneError(
+                    f"{path}, line {lineno}: field 'label' is {row.get('label')!r}, "
+                    "not 0, 1 or 2",
+                    "labels must be 0 (entailment), 1 (neutral) or 2 (contradiction)")
+            docs.append({"premise": row["premise"], "hypothesis": row["hypothesis"],
+                         "label": label})
+    return docs
+
+
+def _xnli_file(xnli_dir: Path, split: str, lang: str) -> Path:
+    f = xnli_dir / f"{split}.{lang}.jsonl"
+    if not f.is_file():
+        raise PolypruneError(f"XNLI file not found: {f}",
+                             f"point the XNLI folder at a directory with files "
+                             f"{split}.<lang>.jsonl (premise, hypothesis, label)")
+    return f
+
+
+def xnli_accuracy(model, tokenizer, xnli_dir, languages: Sequence[str], *, split: str = "test",
+                  limit: int | None = None, batch_size: int = 8,
+                  progress: Progress | None = None) -> list[EvalRecord]:
+    """Zero-shot XNLI accuracy per language, as lm-evaluation-harness 0.4.13 (methods.md §5).
+
+    Reads ``<xnli_dir>/<split>.<lang>.jsonl`` (first ``limit`` rows in file order), scores the
+    three choices of each document with :func:`loglikelihoods` (summed continuation
+    log-probability) and predicts their argmax.
+
+    Returns:
+        One :class:`EvalRecord` per language: task ``"xnli"``, metric ``"acc"``, ``n`` = rows,
+        ``extra = {"stderr": sample_std / sqrt(n)}`` (NaN for ``n < 2``).
+
+    Raises:
+        PolypruneError: unknown language (the 15 supported are listed), missing folder/file,
+            empty file, or a bad row (file, line number and field are named).
+        Cancelled: on cancel.
+    """
+    progress = ensure(progress)
+    root = Path(xnli_dir).expanduser()
+    if not root.is_dir():
+        raise PolypruneError(f"XNLI folder not found: {root}",
+                             f"point the XNLI folder at a directory with {split}.<lang>.jsonl files")
+    langs = [_xnli_lang(lang) for lang in languages]
+    files = [(lang, _xnli_file(root, split, lang)) for lang in langs]
+    records = []
+    n_lang = max(len(files), 1)
+    for k, (lang, f) in enumerate(files):
+        progress.check()
+        docs = _read_xnli(f, limit)
+        if not docs:
+            raise PolypruneError(f"XNLI file {f} has no rows", "check the file")
+        requests = []
+        for doc in docs:
+            requests.extend(xnli_requests(doc, lang, tokenizer))
+        res = loglikelihoods(model, requests, batch_size=batch_size,
+                             progress=progress.sub(k / n_lang, (k + 1) / n_lang))
+        correct = []
+        for d, doc in enumerate(docs):
+            scores = [res[3 * d + j][0] for j in range(3)]
+            pred = max(range(3), key=lambda j: scores[j])  # first max on ties, like argmax
+            correct.append(1.0 if pred == doc["label"] else 0.0)
+        n = len(correct)
+        acc = sum(correct) / n
+        if n > 1:
+            var = sum((c - acc) ** 2 for c in correct) / (n - 1)
+            stderr = math.sqrt(var) / math.sqrt(n)
+        else:
+            stderr = float("nan")
+        records.append(EvalRecord("xnli", lang, "acc", acc, n, {"stderr": stderr}))
+    return records
+
+
+# ------------------------------------------------------------------------------------------
+# Comparison
+# ------------------------------------------------------------------------------------------
+def compare(dense: Sequence[EvalRecord], pruned: Sequence[EvalRecord]) -> list[dict]:
+    """Side-by-side rows of dense and pruned results, matched on (task, language, metric).
+
+    Returns:
+        Dicts with keys ``task, language, metric, dense, pruned, delta`` (``delta = pruned -
+        dense``), in the order of ``dense`` followed by records only in ``pruned``; a value
+        missing on one side is ``None`` and so is its delta.
+    """
+    def key(r: EvalRecord):
+        return (r.task, r.language, r.metric)
+
+    p_map = {key(r): r for r in pruned}
+    rows, seen = [], set()
+    for r in dense:
+        k = key(r)
+        seen.add(k)
+        p = p_map.get(k)
+        pv = p.value if p is not None else None
+        rows.append({"task": r.task, "language": r.language, "metric": r.metric,
+                     "dense": r.value, "pruned": pv,
+                     "delta": (pv - r.value) if pv is not None else None})
+    for r in pruned:
+        if key(r) not in seen:
+            seen.add(key(r))
+            rows.append({"task": r.task, "language": r.language, "metric": r.metric,
+                         "dense": None, "pruned": r.value, "delta": None})
+    return rows

@@ -1,0 +1,1 @@
+"""Polyprune desktop application (PySide6 + pyqtgraph)."""

@@ -1,0 +1,1 @@
+"""Built-in data files (demonstration pairs, language names)."""
