@@ -94,9 +94,9 @@ def _pad_id(model) -> int:
     return 0
 
 
-def loglikelihoods(model, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *,
-                   batch_size: int = 8, max_length: int | None = None,
-                   progress: Progress | None = None) -> list[tuple[float, int, bool]]:
+def _loglikelihoods_simple(model, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *,
+                           batch_size: int = 8, max_length: int | None = None,
+                           progress: Progress | None = None) -> list[tuple[float, int, bool]]:
     """Sum of continuation log-probabilities for each ``(context_ids, continuation_ids)`` pair.
 
     Equivalent to, for each request separately,
@@ -537,7 +537,8 @@ def xnli_accuracy(model, tokenizer, xnli_dir, languages: Sequence[str], *, split
         for doc in docs:
             requests.extend(xnli_requests(doc, lang, tokenizer))
         res = loglikelihoods(model, requests, batch_size=batch_size,
-                             progress=progress.sub(k / n_lang, (k + 1) / n_lang))
+                             progress=progress.sub(k / n_lang, (k + 1) / n_lang),
+                             groups=[d for d in range(len(docs)) for _ in range(3)])
         correct = []
         for d, doc in enumerate(docs):
             scores = [res[3 * d + j][0] for j in range(3)]
@@ -584,3 +585,234 @@ def compare(dense: Sequence[EvalRecord], pruned: Sequence[EvalRecord]) -> list[d
             rows.append({"task": r.task, "language": r.language, "metric": r.metric,
                          "dense": None, "pruned": r.value, "delta": None})
     return rows
+
+
+# ------------------------------------------------------------------------------------------
+# Shared-prefix engine (KV-cache reuse)
+# ------------------------------------------------------------------------------------------
+def _lcp(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of token sequences."""
+    first = seqs[0]
+    n = min(len(x) for x in seqs)
+    for k in range(n):
+        t = first[k]
+        if any(x[k] != t for x in seqs[1:]):
+            return k
+    return n
+
+
+def _head_logprobs(head, rows: torch.Tensor, targets: torch.Tensor, cap: float | None):
+    """log p(target) and argmax==target for hidden ``rows [R, H]`` (LM head in chunks)."""
+    lps, greedy = [], []
+    for c0 in range(0, rows.shape[0], HEAD_CHUNK_ROWS):
+        logits = head(rows[c0:c0 + HEAD_CHUNK_ROWS].to(head.weight.device)).float()
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        logp = torch.log_softmax(logits, dim=-1)
+        t = targets[c0:c0 + HEAD_CHUNK_ROWS].to(logp.device)
+        lps.append(logp.gather(1, t[:, None])[:, 0].double().cpu())
+        greedy.append((logp.argmax(dim=-1) == t).cpu())
+        del logits, logp
+    if not lps:
+        return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.bool)
+    return torch.cat(lps), torch.cat(greedy)
+
+
+def _kv_supported(model, longest: int) -> bool:
+    """Whether the shared-prefix path is safe: a Cache object that can be re-indexed and no
+    sliding window shorter than the sequences."""
+    cfg = model.config
+    window = getattr(cfg, "sliding_window", None)
+    if isinstance(window, int) and window > 0 and longest >= window:
+        return False
+    return True
+
+
+def loglikelihoods(model, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *,
+                   batch_size: int = 8, max_length: int | None = None,
+                   progress: Progress | None = None,
+                   groups: Sequence[int] | None = None) -> list[tuple[float, int, bool]]:
+    """Sum of continuation log-probabilities for each ``(context_ids, continuation_ids)`` pair.
+
+    The numbers are those of lm-evaluation-harness's ``loglikelihood`` (methods.md §5): for each
+    request separately, ``log_softmax(model(ctx + cont).logits)`` gathered at the continuation
+    tokens and summed. Without ``groups`` every request is computed on its own (see
+    :func:`_loglikelihoods_simple`: length-sorted batches, LM head only where tokens are scored).
+
+    With ``groups`` (one group id per request, e.g. the document a multiple-choice option belongs
+    to), the requests of a group share work: their longest common token prefix (context plus any
+    shared start of the continuations, such as XNLI's premise) is run once with the KV cache
+    kept, its scored positions go through the LM head once, and only each request's distinct
+    suffix is run, on top of the re-indexed cache, with explicit position ids and an attention
+    mask that hides the padding of shorter prefixes. The result equals the ungrouped computation
+    up to float rounding (tests compare against the naive per-request reference on five model
+    families). Falls back to the plain path when ``max_length`` truncation applies, when the
+    model's sliding window is shorter than the sequences, or when a group shares no prefix.
+
+    Args:
+        model: causal LM with ``base_model`` and ``get_output_embeddings()``.
+        requests: ``(context_ids, continuation_ids)``; non-empty contexts.
+        batch_size: requests per forward pass (suffix pass; the prefix pass has at most as many).
+        max_length: left-truncate inputs to this many tokens (harness behaviour); disables sharing.
+        progress: per-batch progress; cancel raises :class:`~polyprune.errors.Cancelled`.
+        groups: group id per request (same length as ``requests``) or ``None``.
+
+    Returns:
+        ``(logprob_sum [nats], n_continuation_tokens, is_greedy)`` per request, in input order.
+
+    Raises:
+        ValueError: empty context, continuation longer than ``max_length``, ``batch_size < 1``,
+            or ``groups`` of the wrong length.
+    """
+    if groups is None or max_length is not None:
+        return _loglikelihoods_simple(model, requests, batch_size=batch_size, max_length=max_length,
+                                      progress=progress)
+    if len(groups) != len(requests):
+        raise ValueError(f"groups has {len(groups)} entries for {len(requests)} requests")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    progress = ensure(progress)
+    full = []
+    for i, (ctx, cont) in enumerate(requests):
+        if not ctx:
+            raise ValueError(f"request {i} has an empty context; pass [bos_token_id] instead")
+        full.append(list(ctx) + list(cont))
+    by_group: dict[Any, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    results: list[tuple[float, int, bool] | None] = [None] * len(requests)
+    shared, plain = [], []
+    longest = max(len(x) for x in full) if full else 0
+    kv_ok = _kv_supported(model, longest)
+    for g, members in by_group.items():
+        for i in members:
+            if not requests[i][1]:
+                results[i] = (0.0, 0, True)
+        members = [i for i in members if requests[i][1]]
+        if not members:
+            continue
+        P = min(_lcp([full[i] for i in members]), min(len(full[i]) for i in members) - 1)
+        if kv_ok and P >= 1:
+            shared.append((P, members))
+        else:
+            plain.extend(members)
+    total = len(requests)
+    done = sum(r is not None for r in results)
+    if plain:
+        sub = _loglikelihoods_simple(model, [requests[i] for i in plain], batch_size=batch_size)
+        for i, r in zip(plain, sub):
+            results[i] = r
+        done += len(plain)
+    progress.update(done, total, "scoring")
+    if not shared:
+        return results  # type: ignore[return-value]
+
+    device = next(model.parameters()).device
+    base = model.base_model
+    head = model.get_output_embeddings()
+    cap = _softcap(model.config)
+    pad = _pad_id(model)
+    import inspect
+    takes_pos = "position_ids" in inspect.signature(base.forward).parameters
+    # longest groups first; pack groups until the members fill a batch
+    shared.sort(key=lambda pm: -max(len(full[i]) for i in pm[1]))
+    batches, cur, n_cur = [], [], 0
+    for P, members in shared:
+        if cur and n_cur + len(members) > max(batch_size, len(members)):
+            batches.append(cur)
+            cur, n_cur = [], 0
+        cur.append((P, members))
+        n_cur += len(members)
+    if cur:
+        batches.append(cur)
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                progress.check()
+                G = len(batch)
+                Pmax = max(P for P, _ in batch)
+                ids = torch.full((G, Pmax), pad, dtype=torch.long)
+                pmask = torch.zeros((G, Pmax), dtype=torch.long)
+                for gi, (P, members) in enumerate(batch):
+                    ids[gi, :P] = torch.tensor(full[members[0]][:P])
+                    pmask[gi, :P] = 1
+                member_list = [(gi, i) for gi, (_, members) in enumerate(batch) for i in members]
+                need_suffix = any(len(full[i]) - 1 > batch[gi][0] for gi, i in member_list)
+                out = base(input_ids=ids.to(device), attention_mask=pmask.to(device), use_cache=need_suffix)
+                hid = out.last_hidden_state
+                cache = out.past_key_values if need_suffix else None
+                if need_suffix and not hasattr(cache, "reorder_cache"):
+                    raise RuntimeError("model returned no re-indexable KV cache")
+                # prefix rows: positions p (0 <= p < P) predicting token p+1 scored by any member
+                rows_g, rows_p, tgt = [], [], []
+                for gi, (P, members) in enumerate(batch):
+                    c_min = min(len(requests[i][0]) for i in members)
+                    for p in range(max(c_min - 1, 0), P - 1):
+                        rows_g.append(gi); rows_p.append(p); tgt.append(full[members[0]][p + 1])
+                # the last prefix position predicts each member's first distinct token
+                last_rows = []
+                for gi, i in member_list:
+                    P = batch[gi][0]
+                    if P >= len(requests[i][0]):
+                        last_rows.append((gi, i))
+                rg = torch.tensor(rows_g + [gi for gi, _ in last_rows], dtype=torch.long)
+                rp = torch.tensor(rows_p + [batch[gi][0] - 1 for gi, _ in last_rows], dtype=torch.long)
+                tt = torch.tensor(tgt + [full[i][batch[gi][0]] for gi, i in last_rows], dtype=torch.long)
+                lp, gr = _head_logprobs(head, hid[rg.to(hid.device), rp.to(hid.device)], tt, cap)
+                # per-group table of shared log-probs by position p+1
+                shared_lp: dict[tuple[int, int], tuple[float, bool]] = {}
+                for k in range(len(rows_g)):
+                    shared_lp[(rows_g[k], rows_p[k] + 1)] = (float(lp[k]), bool(gr[k]))
+                acc = {i: [0.0, 0, True] for _, i in member_list}
+                for k, (gi, i) in enumerate(last_rows):
+                    a = acc[i]
+                    a[0] += float(lp[len(rows_g) + k]); a[1] += 1; a[2] = a[2] and bool(gr[len(rows_g) + k])
+                for gi, i in member_list:
+                    P, c = batch[gi][0], len(requests[i][0])
+                    a = acc[i]
+                    for t in range(max(c, 1), P):
+                        v, g_ = shared_lp[(gi, t)]
+                        a[0] += v; a[1] += 1; a[2] = a[2] and g_
+                del hid, out
+                if need_suffix:
+                    sfx = [(gi, i) for gi, i in member_list if len(full[i]) - 1 > batch[gi][0]]
+                    M = len(sfx)
+                    Smax = max(len(full[i]) - 1 - batch[gi][0] for gi, i in sfx)
+                    sids = torch.full((M, Smax), pad, dtype=torch.long)
+                    smask = torch.zeros((M, Pmax + Smax), dtype=torch.long)
+                    pos = torch.zeros((M, Smax), dtype=torch.long)
+                    for m, (gi, i) in enumerate(sfx):
+                        P = batch[gi][0]
+                        s = full[i][P:len(full[i]) - 1]
+                        sids[m, :len(s)] = torch.tensor(s)
+                        smask[m, :P] = 1
+                        smask[m, Pmax:Pmax + len(s)] = 1
+                        pos[m] = torch.arange(P, P + Smax)
+                    cache.reorder_cache(torch.tensor([gi for gi, _ in sfx], dtype=torch.long, device=device))
+                    kw = {"position_ids": pos.to(device)} if takes_pos else {}
+                    o2 = base(input_ids=sids.to(device), attention_mask=smask.to(device), past_key_values=cache,
+                              use_cache=True, **kw)
+                    h2 = o2.last_hidden_state
+                    r_m, r_s, t2, owner = [], [], [], []
+                    for m, (gi, i) in enumerate(sfx):
+                        P, c, n = batch[gi][0], len(requests[i][0]), len(full[i])
+                        for p in range(P, n - 1):  # hidden at position p predicts token p+1
+                            if p + 1 >= c:
+                                r_m.append(m); r_s.append(p - P); t2.append(full[i][p + 1]); owner.append(i)
+                    lp2, gr2 = _head_logprobs(head, h2[torch.tensor(r_m, device=h2.device), torch.tensor(r_s, device=h2.device)],
+                                              torch.tensor(t2, dtype=torch.long), cap)
+                    for k, i in enumerate(owner):
+                        a = acc[i]
+                        a[0] += float(lp2[k]); a[1] += 1; a[2] = a[2] and bool(gr2[k])
+                    del o2, h2, cache
+                for _, i in member_list:
+                    s_, n_, g_ = acc[i]
+                    results[i] = (s_, n_, g_)
+                done += len(member_list)
+                progress.update(done, total, f"scored {done}/{total}")
+    finally:
+        model.train(was_training)
+    return results  # type: ignore[return-value]

@@ -257,3 +257,59 @@ def test_flores_resolves_language_names(tmp_path, tokenizer):
     (tmp_path / "devtest" / "swh_Latn.devtest").write_text("Habari ya asubuhi.\n", encoding="utf-8")
     rec, = flores_perplexity(model, tokenizer, tmp_path, ["sw"])
     assert rec.language == "swh_Latn" and rec.n == 1
+
+
+# --- shared-prefix engine -------------------------------------------------------------------
+def _grouped_requests(tok):
+    import random
+    rnd = random.Random(0)
+
+    def enc(s):
+        return tok(s, add_special_tokens=False)["input_ids"]
+    reqs, groups = [], []
+    for d in range(5):  # XNLI-like: empty context, shared premise
+        prem = f" premise {d} {'x' * rnd.randint(0, 9)}"
+        for w in ("Yes", "Also", "No"):
+            reqs.append(([1], enc(f"{prem}, right? {w}, hyp {'y' * rnd.randint(0, 4)}")))
+            groups.append(("x", d))
+    for d in range(2):  # XWinograd-like: different contexts, one continuation
+        for opt in ("the dog", "the cat sat"):
+            reqs.append(([1] + enc("When " + opt), enc(" ran away")))
+            groups.append(("w", d))
+    for d in range(2):  # XCOPA-like: shared context, short choices
+        ctx = [1] + enc("The man broke his toe because")
+        for c in (" he dropped a hammer", " he got a hole"):
+            reqs.append((ctx, enc(c)))
+            groups.append(("c", d))
+    reqs += [([1] + enc("abc"), enc("d")), ([1] + enc("abc"), enc("e")), ([1], [])]
+    groups += ["s", "s", "s"]
+    return reqs, groups
+
+
+@pytest.mark.parametrize("family", FAMILIES + ["gemma3-window"])
+def test_grouped_engine_matches_naive(family):
+    tok = make_tokenizer()
+    if family == "gemma3-window":  # sliding window longer than the inputs: KV path on Gemma 3
+        import transformers as tf
+        from conftest import make_config
+        cfg = make_config("gemma3")
+        cfg.sliding_window = 128
+        torch.manual_seed(0)
+        model = tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() >= 2:
+                    p.normal_(0, 0.2)
+    else:
+        model = make_tiny_model(family)
+    reqs, groups = _grouped_requests(tok)
+    with torch.no_grad():
+        naive = []
+        for ctx, cont in reqs:
+            lp = model(input_ids=torch.tensor([ctx + cont])).logits[0].float().log_softmax(-1)
+            naive.append(sum(float(lp[len(ctx) - 1 + k, t]) for k, t in enumerate(cont)))
+    for bs in (1, 5, 32):
+        got = loglikelihoods(model, reqs, batch_size=bs, groups=groups)
+        for (s, n, _), ref, (ctx, cont) in zip(got, naive, reqs):
+            assert n == len(cont)
+            assert abs(s - ref) < 1e-4
