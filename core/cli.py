@@ -75,7 +75,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-ppl", default=None, metavar="LANGS", help="FLORES devtest perplexity, e.g. eng_Latn,fra_Latn")
     g.add_argument("--eval-xnli", default=None, metavar="LANGS", help="zero-shot XNLI, e.g. en,fr,sw")
-    g.add_argument("--limit", type=int, default=None, help="first N examples per language")
+    g.add_argument("--limit", type=int, default=None, help="first N examples per language (zero-shot tasks)")
+    g.add_argument("--ppl-limit", type=int, default=None, help="first N FLORES sentences per language (default: all)")
     g.add_argument("--data", default=None, help="folder with flores200/ and xnli/ (default: $POLYPRUNE_DATA or ../shared/data)")
     g.add_argument("--eval-batch-size", type=int, default=16)
     g.add_argument("--no-dense-eval", action="store_true", help="skip evaluating the dense model first")
@@ -97,7 +98,8 @@ def _recipe_from_args(a) -> "Recipe":
                           skip_blocks=[int(x) for x in _langs(getattr(a, "skip_blocks", None))],
                           batch_size=getattr(a, "batch_size", 8))
     ev = EvalConfig(ppl=_langs(getattr(a, "eval_ppl", None)), xnli=_langs(getattr(a, "eval_xnli", None)),
-                    limit=getattr(a, "limit", None), data=getattr(a, "data", None),
+                    limit=getattr(a, "limit", None), ppl_limit=getattr(a, "ppl_limit", None),
+                    data=getattr(a, "data", None),
                     batch_size=getattr(a, "eval_batch_size", 16), dense=not getattr(a, "no_dense_eval", False))
     return Recipe(model=a.model, device=a.device or default_device(), dtype=a.dtype,
                   trust_remote_code=a.trust_remote_code, seed=getattr(a, "seed", 0), demos=demos,
@@ -179,7 +181,7 @@ def cmd_evaluate(a) -> int:
     from .recipe import EvalConfig
 
     from .models import default_device
-    ev = EvalConfig(ppl=_langs(a.eval_ppl), xnli=_langs(a.eval_xnli), limit=a.limit, data=a.data,
+    ev = EvalConfig(ppl=_langs(a.eval_ppl), xnli=_langs(a.eval_xnli), limit=a.limit, ppl_limit=a.ppl_limit, data=a.data,
                     batch_size=a.eval_batch_size)
     if a.tasks:
         langs = _langs(a.languages)
@@ -314,6 +316,12 @@ def demo_recipe_path() -> Path:
 def main(argv: list[str] | None = None) -> int:
     import os
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:  # our own progress bar replaces transformers' per-step bars
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except Exception:
+        pass
     ap = build_parser()
     a = ap.parse_args(argv)
     try:

@@ -55,7 +55,7 @@ def evaluate(loaded: LoadedModel, cfg: EvalConfig, progress: Progress | None = N
     if cfg.ppl:
         flores = data / "flores200" if (data / "flores200").is_dir() else data
         records += flores_perplexity(loaded.model, loaded.tokenizer, flores, cfg.ppl, split=cfg.split,
-                                     limit=cfg.limit, batch_size=cfg.batch_size, progress=progress.sub(0, split))
+                                     limit=cfg.ppl_limit, batch_size=cfg.batch_size, progress=progress.sub(0, split))
     if cfg.xnli:
         xdir = data / "xnli" if (data / "xnli").is_dir() else data
         records += xnli_accuracy(loaded.model, loaded.tokenizer, xdir, cfg.xnli, limit=cfg.limit,

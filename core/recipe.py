@@ -30,7 +30,8 @@ class EvalConfig:
     Attributes:
         ppl: FLORES-200 languages for perplexity (codes, names or two-letter codes).
         xnli: XNLI languages (two-letter codes, any of the 15).
-        limit: first N examples per language (None = all).
+        limit: first N examples per language of the zero-shot tasks (None = all).
+        ppl_limit: first N FLORES sentences per language for perplexity (None = all 1012).
         data: data folder with ``flores200/`` and ``xnli/`` (default: ``$POLYPRUNE_DATA`` or a
             ``shared/data`` folder next to the working directory or the repository).
         split: FLORES split for perplexity.
@@ -42,6 +43,7 @@ class EvalConfig:
     ppl: list[str] = field(default_factory=list)
     xnli: list[str] = field(default_factory=list)
     limit: int | None = None
+    ppl_limit: int | None = None
     data: str | None = None
     split: str = "devtest"
     batch_size: int = 16
