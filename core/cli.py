@@ -96,7 +96,9 @@ def _recipe_from_args(a) -> "Recipe":
                           pattern=getattr(a, "pattern", "unstructured"), group=getattr(a, "group", "row"),
                           skip=_langs(getattr(a, "skip", None)),
                           skip_blocks=[int(x) for x in _langs(getattr(a, "skip_blocks", None))],
-                          batch_size=getattr(a, "batch_size", 8))
+                          batch_size=getattr(a, "batch_size", 8), damping=getattr(a, "damping", 0.01),
+                          blocksize=getattr(a, "blocksize", 128), layerwise=getattr(a, "layerwise", "uniform"),
+                          owl_m=getattr(a, "owl_m", 5.0), owl_lambda=getattr(a, "owl_lambda", 0.08))
     ev = EvalConfig(ppl=_langs(getattr(a, "eval_ppl", None)), xnli=_langs(getattr(a, "eval_xnli", None)),
                     limit=getattr(a, "limit", None), ppl_limit=getattr(a, "ppl_limit", None),
                     data=getattr(a, "data", None),
@@ -105,7 +107,8 @@ def _recipe_from_args(a) -> "Recipe":
                   trust_remote_code=a.trust_remote_code, seed=getattr(a, "seed", 0), demos=demos,
                   calibration_text=a.calibration_text, pruning=pruning,
                   features=FeatureConfig(enabled=getattr(a, "features", False)), evaluation=ev,
-                  out=getattr(a, "out", None), overwrite=getattr(a, "overwrite", False))
+                  out=getattr(a, "out", None), overwrite=getattr(a, "overwrite", False),
+                  contrast={"kind": "text", "file": a.contrast_text} if getattr(a, "contrast_text", None) else None)
 
 
 def _print_report(report: dict) -> None:
@@ -212,11 +215,8 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_export(a) -> int:
-    import torch
-    from safetensors.torch import load_file
-
     from .export import check_target, export, reload_check
-    from .models import all_prunable, default_device, load_model, weight_matrix
+    from .models import default_device, load_model
 
     loaded_path = None if a.model == "demo" else a.model
     check_target(a.out, loaded_path if loaded_path and Path(loaded_path).exists() else None, a.overwrite)
@@ -226,20 +226,10 @@ def cmd_export(a) -> int:
         check_target(a.out, loaded.path, a.overwrite)
         report = {"model": loaded.info(), "pruning": {"config": {"method": "masks" if a.masks else "none"}}}
         if a.masks:
-            masks = load_file(a.masks)
-            mods = all_prunable(loaded.model)
-            missing = [k for k in masks if k not in mods]
-            if missing:
-                raise PolypruneError(f"The mask set names {len(missing)} modules this model lacks (e.g. {missing[0]})",
-                                     "apply masks to the same model architecture they were made for")
-            with torch.no_grad():
-                for k, m in masks.items():
-                    w = weight_matrix(mods[k])
-                    if tuple(m.shape) != tuple(w.shape):
-                        raise PolypruneError(f"Mask {k} has shape {tuple(m.shape)} but the weight is {tuple(w.shape)}",
-                                             "use masks made for this model")
-                    w[m.bool().to(w.device)] = 0
-            report["pruning"]["overall_sparsity"] = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+            from .masks import apply_masks, load_masks
+            ms = load_masks(a.masks)
+            apply_masks(loaded.model, ms)
+            report["pruning"]["overall_sparsity"] = ms.sparsity()
         out = export(loaded.model, loaded.tokenizer, a.out, report, source=loaded.path, overwrite=a.overwrite,
                      progress=prog.sub(0.4, 0.9))
         diff = reload_check(loaded.model, out, loaded.tokenizer)
@@ -257,13 +247,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     add_demo_args(p)
     g = p.add_argument_group("pruning")
-    g.add_argument("--method", default="wanda", choices=["magnitude", "wanda"])
+    g.add_argument("--method", default="wanda", choices=["magnitude", "wanda", "sparsegpt", "wanda_refined"],
+                   help="wanda_refined: Kim et al.'s |W|*a/sqrt(b) with --contrast-text as the contrast set")
     g.add_argument("--sparsity", type=float, default=0.5, help="share of weights removed per layer, in [0, 1)")
     g.add_argument("--pattern", default="unstructured", help="unstructured, 2:4 or 4:8")
     g.add_argument("--group", default="row", choices=["row", "layer"], help="comparison group for unstructured pruning")
     g.add_argument("--skip", default=None, help="comma-separated glob patterns of modules to leave dense")
     g.add_argument("--skip-blocks", default=None, help="comma-separated block indices to leave dense")
     g.add_argument("--batch-size", type=int, default=8, help="calibration samples per forward pass")
+    g.add_argument("--damping", type=float, default=0.01, help="SparseGPT damping (share of the mean Hessian diagonal)")
+    g.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block size")
+    g.add_argument("--layerwise", default="uniform", choices=["uniform", "owl"], help="OWL outlier-weighted layer sparsities")
+    g.add_argument("--owl-m", type=float, default=5.0, help="OWL outlier threshold M (times the mean score)")
+    g.add_argument("--owl-lambda", type=float, default=0.08, help="OWL spread of layer sparsities (+/- lambda)")
+    g.add_argument("--contrast-text", default=None, metavar="FILE", help="contrast set for wanda_refined (one sample per line)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--features", action="store_true", help="also save feature magnitudes")
     add_eval_args(p)
@@ -299,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="override the recipe's output folder")
     p.add_argument("--overwrite", action="store_true")
 
+    sub.add_parser("study", help="calibration sources x methods x sparsities: polyprune study RECIPE [--out DIR]", add_help=False)
+
     p = sub.add_parser("demo", help="run the built-in demo recipe headless (demo model, built-in demonstrations)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--overwrite", action="store_true", default=True)
@@ -322,6 +321,16 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.set_verbosity_error()
     except Exception:
         pass
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["study"]:
+        from .study import study_main
+        try:
+            return study_main(argv[1:])
+        except PolypruneError as e:
+            print(f"\npolyprune: error: {e.problem}", file=sys.stderr)
+            if e.fix:
+                print(f"  fix: {e.fix}", file=sys.stderr)
+            return 2
     ap = build_parser()
     a = ap.parse_args(argv)
     try:

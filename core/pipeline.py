@@ -33,7 +33,10 @@ def versions() -> dict:
 
 
 def calibration_for(recipe: Recipe, loaded: LoadedModel) -> CalibrationSet:
-    """The recipe's calibration set (demonstrations or raw text) for this model's tokenizer."""
+    """The recipe's calibration set (a calibration spec, demonstrations or raw text) for this model's tokenizer."""
+    if recipe.calibration:
+        from .calibration import build
+        return build(recipe.calibration, loaded.tokenizer, {"samples": recipe.demos.samples, "seq_len": recipe.demos.seq_len})
     return build_calibration(recipe.demos, loaded.tokenizer, recipe.calibration_text)
 
 
@@ -119,7 +122,7 @@ def run(recipe: Recipe, progress: Progress | None = None, loaded: LoadedModel | 
         f"hidden {report['model']['hidden_size']}, {report['model']['parameters'] / 1e6:.1f}M parameters")
 
     cal = None
-    if recipe.pruning.method != "magnitude" or recipe.features.enabled:
+    if recipe.pruning.needs_calibration or recipe.features.enabled:
         cal = calibration_for(recipe, loaded)
         report["calibration"] = {k: v for k, v in cal.meta.items() if k != "pair_indices"} | {
             "pair_indices": cal.meta.get("pair_indices"), "first_sample": cal.texts[0][:500]}
@@ -148,7 +151,14 @@ def run(recipe: Recipe, progress: Progress | None = None, loaded: LoadedModel | 
 
     t = time.perf_counter()
     log(f"Pruning: {recipe.pruning.method}, {recipe.pruning.pattern}, sparsity {recipe.pruning.sparsity}")
-    result: PruneResult = prune(loaded.model, recipe.pruning, cal, progress.sub(0.45, 0.6))
+    contrast = None
+    if recipe.pruning.method == "wanda_refined":
+        if not recipe.contrast:
+            raise PolypruneError("The refined metric needs a contrast set",
+                                 "set contrast: {kind: text, file: code.txt} in the recipe, or --contrast-text FILE")
+        from .calibration import build
+        contrast = build(recipe.contrast, loaded.tokenizer, {"samples": recipe.demos.samples, "seq_len": recipe.demos.seq_len})
+    result: PruneResult = prune(loaded.model, recipe.pruning, cal, progress.sub(0.45, 0.6), contrast=contrast)
     timings["prune_s"] = time.perf_counter() - t
     report["pruning"] = result.summary()
     log(f"Pruned in {result.seconds:.1f} s; sparsity over pruned layers {result.overall:.4f}")
@@ -182,7 +192,7 @@ def run(recipe: Recipe, progress: Progress | None = None, loaded: LoadedModel | 
         timings["total_s"] = time.perf_counter() - t_start
         report["timings"] = timings
         write_outputs(out, recipe, report)
-        save_masks(result, out / "masks.safetensors")
+        save_masks(result, out / "masks.safetensors", loaded.model)
     report["timings"] = timings | {"total_s": time.perf_counter() - t_start}
     progress.update(1, 1, "Done")
     report["_result"] = result
@@ -197,13 +207,8 @@ def write_outputs(folder: Path, recipe: Recipe, report: dict) -> None:
     (folder / "report.json").write_text(json.dumps(clean, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
 
 
-def save_masks(result: PruneResult, path: Path) -> Path:
-    """Save the mask set (``{module name: [out, in] bool}``, True = removed) as safetensors."""
-    from safetensors.torch import save_file
+def save_masks(result: PruneResult, path: Path, model=None) -> Path:
+    """Save the mask set (packed bits with the model's signature, see :mod:`polyprune.masks`)."""
+    from .masks import save_masks as _save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: r.mask.contiguous() for k, r in result.records.items()}, str(tmp),
-              metadata={"format": "polyprune-masks", "true_means": "removed"})
-    tmp.replace(path)
-    return path
+    return _save(result, path, model)

@@ -77,6 +77,8 @@ class Recipe:
     seed: int = 0
     demos: DemoConfig = field(default_factory=DemoConfig)
     calibration_text: str | None = None
+    calibration: dict | None = None  # a polyprune.calibration spec; replaces demos/calibration_text when set
+    contrast: dict | None = None  # calibration spec of the contrast set (method wanda_refined)
     pruning: PruneConfig = field(default_factory=PruneConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)

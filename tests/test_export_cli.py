@@ -148,3 +148,30 @@ def test_cli_evaluate_records(tmp_path):
     assert rc == 0
     rows = json.loads(out.read_text())
     assert [(r["task"], r["language"], r["n"]) for r in rows] == [("xnli", "en", 3), ("xnli", "sw", 3)]
+
+
+def test_cli_masks_apply_to_another_copy(tmp_path):
+    from transformers import AutoModelForCausalLM
+    src = save_tiny(tmp_path, "llama")
+    text = tmp_path / "calib.txt"
+    text.write_text("\n".join(f"sample {i}: bonjour, habari, hello" for i in range(4)), encoding="utf-8")
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", str(src), "--calibration-text", str(text), "--samples", "4",
+                 "--seq-len", "16", "--out", str(out)]) == 0
+    assert main(["export", "--model", str(src), "--masks", str(out / "masks.safetensors"),
+                 "--out", str(tmp_path / "again")]) == 0
+    a = AutoModelForCausalLM.from_pretrained(out)
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "again")
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_cli_sparsegpt_owl(tmp_path):
+    src = save_tiny(tmp_path, "llama")
+    text = tmp_path / "calib.txt"
+    text.write_text("\n".join(f"sample {i}: bonjour, habari, hello" for i in range(8)), encoding="utf-8")
+    rc = main(["prune", "--model", str(src), "--calibration-text", str(text), "--samples", "8", "--seq-len", "16",
+               "--method", "sparsegpt", "--layerwise", "owl", "--owl-lambda", "0.05", "--out", str(tmp_path / "sg")])
+    assert rc == 0
+    rep = json.loads((tmp_path / "sg" / "report.json").read_text())
+    assert rep["pruning"]["config"]["method"] == "sparsegpt" and abs(rep["pruning"]["overall_sparsity"] - 0.5) < 0.02
