@@ -37,7 +37,7 @@ def model_card(report: dict) -> str:
         "---",
         f"# {report.get('model', {}).get('name', 'Model')} — pruned with Polyprune",
         "",
-        "This checkpoint was pruned with [Polyprune](https://example.invalid/polyprune). Pruned weights are",
+        "This checkpoint was pruned with Polyprune (Wanda-style pruning for multilingual LLMs). Pruned weights are",
         "stored as zeros, so the files are the same size as the dense model's.",
         "",
         "## Pruning",

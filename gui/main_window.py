@@ -1,0 +1,547 @@
+"""The main window: six panels in workflow order, a log and progress dock, menus and shortcuts."""
+from __future__ import annotations
+
+import html
+import json
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from PySide6.QtCore import QSettings, Qt, QTimer
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (QDockWidget, QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMessageBox,
+                               QPlainTextEdit, QProgressBar, QPushButton, QTabWidget, QVBoxLayout, QWidget)
+
+from polyprune import __version__
+from polyprune.demos import CalibrationSet, DemoConfig, build_calibration, validate_lengths
+from polyprune.errors import PolypruneError
+from polyprune.jobs import Job, JobRunner, describe_error
+from polyprune.recipe import Recipe, load_recipe, save_recipe
+
+from .panels.demos_panel import DemosPanel, calibration_key
+from .panels.evaluation_panel import EvaluationPanel
+from .panels.export_panel import ExportPanel
+from .panels.features_panel import FeaturesPanel
+from .panels.model_panel import ModelPanel
+from .panels.pruning_panel import PruningPanel
+from .state import AppState
+from .style import STYLE_SHEET
+from .widgets import GLOSSARY
+
+DEFAULT_SIZE = (1400, 900)
+
+
+@dataclass
+class CalibrationSnapshot:
+    """The demonstration settings at the moment a job starts, and how to get their calibration set.
+
+    ``get`` runs in the job thread (it reuses the set already built for the same settings, else
+    builds it); ``store`` runs in the GUI thread afterwards and records a newly built set.
+    """
+
+    state: AppState
+    cfg: DemoConfig
+    text: str | None
+    key: str
+    tokenizer: Any
+    cached: CalibrationSet | None
+
+    def get(self, progress) -> CalibrationSet:
+        """The calibration set for the job (built in the job thread unless already built)."""
+        if self.cached is not None:
+            return self.cached
+        progress.update(0, 1, "Building demonstrations")
+        cal = build_calibration(self.cfg, self.tokenizer, self.text)
+        progress.update(1, 1, "Demonstrations built")
+        return cal
+
+    def store(self, cal: CalibrationSet) -> None:
+        """Record a newly built calibration set in the application state (GUI thread)."""
+        if self.state.calibration is not cal:
+            self.state.set_calibration(cal, self.key)
+
+
+class MainWindow(QMainWindow):
+    """Polyprune's main window.
+
+    Args:
+        settings: where window layout, recent models and last settings persist (default:
+            ``QSettings("Polyprune", "Polyprune")``); tests pass a temporary INI file.
+        restore: read the last settings and layout from ``settings``.
+    """
+
+    def __init__(self, settings: QSettings | None = None, restore: bool = True):
+        super().__init__()
+        self.settings = settings if settings is not None else QSettings("Polyprune", "Polyprune")
+        self.state = AppState(self)
+        self.runner = JobRunner(self)
+        self.errors: list[tuple[str, str]] = []
+        self._closing = False
+        self._closed = False
+        self._boxes: list[QMessageBox] = []
+        self.setWindowTitle(f"Polyprune {__version__} — prune and inspect multilingual language models")
+        self.setStyleSheet(STYLE_SHEET)
+        self._build_dock()
+
+        self.model_panel = ModelPanel(self)
+        self.demos_panel = DemosPanel(self)
+        self.features_panel = FeaturesPanel(self)
+        self.pruning_panel = PruningPanel(self)
+        self.evaluation_panel = EvaluationPanel(self)
+        self.export_panel = ExportPanel(self)
+        self.panels = [self.model_panel, self.demos_panel, self.features_panel, self.pruning_panel,
+                       self.evaluation_panel, self.export_panel]
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        for i, p in enumerate(self.panels, 1):
+            self.tabs.addTab(p, f"{i}  {p.title}")
+        self.setCentralWidget(self.tabs)
+
+        self._build_status()
+        self._build_actions()
+
+        self.runner.busy_changed.connect(self._busy_changed)
+        self.runner.refused.connect(lambda p, f: self.error(p, f))
+        self.runner.progress.connect(self._progress)
+        self.runner.idle.connect(self._maybe_close)
+        self.state.model_loaded.connect(lambda _: self._update_status())
+        self.state.pruned.connect(lambda _: self._update_status())
+        self.state.reverted.connect(self._update_status)
+
+        self.resize(*DEFAULT_SIZE)
+        if restore:
+            self._restore()
+        self._update_status()
+        self.log("Welcome to Polyprune. Start in the Model panel: click Demo model (Ctrl+D) or open a model (Ctrl+O).")
+
+    # ------------------------------------------------------------------------------------
+    # layout
+    # ------------------------------------------------------------------------------------
+    def _build_dock(self) -> None:
+        self.job_label = QLabel("Idle")
+        self.job_label.setMinimumWidth(280)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(0)
+        self.progress.setTextVisible(True)
+        self.progress.setFormat("%p %")
+        self.cancel_btn = QPushButton("Cancel (Esc)")
+        self.cancel_btn.setToolTip("Stop the running job at its next safe point; nothing is lost")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(self.cancel)
+        row = QHBoxLayout()
+        row.addWidget(self.job_label, 2)
+        row.addWidget(self.progress, 3)
+        row.addWidget(self.cancel_btn)
+        self.log_view = QPlainTextEdit()
+        self.log_view.setReadOnly(True)
+        self.log_view.setMaximumBlockCount(5000)
+        self.log_view.setObjectName("log")
+        body = QWidget()
+        lay = QVBoxLayout(body)
+        lay.setContentsMargins(6, 4, 6, 6)
+        lay.addLayout(row)
+        lay.addWidget(self.log_view, 1)
+        self.dock = QDockWidget("Log and progress", self)
+        self.dock.setObjectName("log_dock")
+        self.dock.setWidget(body)
+        self.dock.setFeatures(QDockWidget.DockWidgetMovable | QDockWidget.DockWidgetFloatable
+                              | QDockWidget.DockWidgetClosable)
+        self.addDockWidget(Qt.BottomDockWidgetArea, self.dock)
+        self.resizeDocks([self.dock], [170], Qt.Vertical)
+
+    def _build_status(self) -> None:
+        sb = self.statusBar()
+        self.busy_label = QLabel("Ready")
+        self.busy_label.setObjectName("busy")
+        self.device_label = QLabel()
+        self.dtype_label = QLabel()
+        self.memory_label = QLabel()
+        for w, tip in ((self.busy_label, "What the application is doing"),
+                       (self.device_label, "Where the model runs"),
+                       (self.dtype_label, "Precision of the model's weights"),
+                       (self.memory_label, "Memory used by Polyprune (and on the GPU, if any)")):
+            w.setToolTip(tip)
+        sb.addWidget(self.busy_label, 1)
+        for w in (self.device_label, self.dtype_label, self.memory_label):
+            sb.addPermanentWidget(w)
+        self._mem_timer = QTimer(self)
+        self._mem_timer.setInterval(1000)
+        self._mem_timer.timeout.connect(self._update_memory)
+        self._mem_timer.start()
+
+    def _action(self, text: str, shortcut, slot: Callable, tip: str = "") -> QAction:
+        a = QAction(text, self)
+        if shortcut:
+            a.setShortcut(QKeySequence(shortcut))
+        a.setToolTip(tip or text)
+        a.setStatusTip(tip or text)
+        a.triggered.connect(lambda checked=False: slot())
+        self.addAction(a)
+        return a
+
+    def _build_actions(self) -> None:
+        mp, dp, fp, pp, ep, xp = self.panels
+        self.actions_by_name = {
+            "open_model": self._action("Open model folder…", "Ctrl+O", mp.browse_folder, "Open a Hugging Face model folder"),
+            "open_gguf": self._action("Open .gguf file…", None, mp.browse_gguf),
+            "demo": self._action("Load the demo model", "Ctrl+D", mp.load_demo, "Gemma 3 270M, ready in seconds"),
+            "open_recipe": self._action("Open recipe…", "Ctrl+Shift+O", self.open_recipe_dialog,
+                                        "Load settings from a recipe file (JSON or YAML)"),
+            "save_recipe": self._action("Save recipe…", QKeySequence.Save, self.save_recipe_dialog,
+                                        "Save every setting as a recipe that 'polyprune run' replays"),
+            "quit": self._action("Quit", QKeySequence.Quit, self.close),
+            "build": self._action("Build demonstrations", "Ctrl+B", dp.build),
+            "features": self._action("Measure features", "Ctrl+M", fp.measure),
+            "compare": self._action("Compare feature settings", None, fp.compare),
+            "prune": self._action("Prune", "Ctrl+R", pp.prune),
+            "revert": self._action("Revert to dense", "Ctrl+Shift+R", pp.revert),
+            "evaluate": self._action("Evaluate", "Ctrl+E", ep.run),
+            "export": self._action("Export", "Ctrl+Shift+E", xp.export),
+            "cancel": self._action("Cancel the running job", "Esc", self.cancel),
+            "glossary": self._action("Glossary", "F1", self.show_glossary),
+            "about": self._action("About Polyprune", None, self.show_about),
+        }
+        a = self.actions_by_name
+        mb = self.menuBar()
+        m = mb.addMenu("&File")
+        for k in ("open_model", "open_gguf", "demo", None, "open_recipe", "save_recipe", None, "quit"):
+            m.addSeparator() if k is None else m.addAction(a[k])
+        m = mb.addMenu("&Run")
+        for k in ("build", "features", "compare", None, "prune", "revert", None, "evaluate", "export", None, "cancel"):
+            m.addSeparator() if k is None else m.addAction(a[k])
+        m = mb.addMenu("&View")
+        for i, p in enumerate(self.panels, 1):
+            act = self._action(f"{i}  {p.title}", f"Ctrl+{i}", lambda p=p: self.tabs.setCurrentWidget(p))
+            m.addAction(act)
+        m.addSeparator()
+        m.addAction(self.dock.toggleViewAction())
+        m = mb.addMenu("&Help")
+        m.addAction(a["glossary"])
+        m.addAction(a["about"])
+        self.model_actions = [a[k] for k in ("open_model", "open_gguf", "demo", "build", "features", "compare",
+                                             "prune", "revert", "evaluate", "export")]
+
+    # ------------------------------------------------------------------------------------
+    # services for the panels
+    # ------------------------------------------------------------------------------------
+    def log(self, message: str, level: str = "info") -> None:
+        """Append a timestamped line to the log."""
+        colors = {"info": "#222", "error": "#b71c1c", "warn": "#e65100", "ok": "#1b5e20", "muted": "#777"}
+        stamp = time.strftime("%H:%M:%S")
+        text = html.escape(message).replace("\n", "<br>")
+        self.log_view.appendHtml(f"<span style='color:#888'>{stamp}</span>&nbsp; "
+                                 f"<span style='color:{colors.get(level, '#222')}'>{text}</span>")
+
+    def error(self, problem: str, fix: str = "", details: str = "") -> QMessageBox:
+        """Show a problem and its fix in a (non-blocking, window-modal) dialog and log it."""
+        self.errors.append((problem, fix))
+        self.log(f"Problem: {problem}" + (f" — Fix: {fix}" if fix else ""), "error")
+        if details:
+            self.log(details.rstrip(), "muted")
+        box = QMessageBox(self)
+        box.setIcon(QMessageBox.Warning)
+        box.setWindowTitle("Polyprune")
+        box.setText(f"<b>{html.escape(problem)}</b>")
+        if fix:
+            box.setInformativeText(f"How to fix it: {html.escape(fix)}")
+        if details:
+            box.setDetailedText(details)
+        box.setStandardButtons(QMessageBox.Ok)
+        box.setWindowModality(Qt.WindowModal)
+        box.finished.connect(lambda _=0, b=box: self._boxes.remove(b) if b in self._boxes else None)
+        self._boxes.append(box)
+        box.open()
+        return box
+
+    def require_model(self) -> bool:
+        """True if a model is loaded, else explain how to load one."""
+        if self.state.loaded is None:
+            self.error("No model is loaded",
+                       "load one in the Model panel: click Demo model (Ctrl+D) or open a model folder (Ctrl+O)")
+            return False
+        return True
+
+    def demos_config(self) -> tuple[DemoConfig, str | None]:
+        """The Demonstrations panel's settings: ``(DemoConfig, raw text file or None)``."""
+        return self.demos_panel.config()
+
+    def calibration_snapshot(self) -> CalibrationSnapshot | None:
+        """The current demonstration settings for a job, or ``None`` (after a dialog) if invalid."""
+        cfg, text = self.demos_panel.config()
+        if text is not None and not text.strip():
+            self.error("No text file is chosen for raw text calibration",
+                       "choose a text file in the Demonstrations panel, or another source of pairs")
+            return None
+        try:
+            validate_lengths(cfg.samples, cfg.seq_len, cfg.shots)
+        except PolypruneError as e:
+            self.error(e.problem, e.fix or "")
+            return None
+        key = calibration_key(cfg, text)
+        st = self.state
+        cached = st.calibration if st.calibration_key == key else None
+        return CalibrationSnapshot(st, cfg, text, key, st.loaded.tokenizer, cached)
+
+    def _safe(self, fn: Callable | None) -> Callable | None:
+        if fn is None:
+            return None
+
+        def wrapper(*args):
+            try:
+                fn(*args)
+            except PolypruneError as e:
+                self.error(e.problem, e.fix or "")
+            except Exception as e:  # noqa: BLE001 - a view error must not take the window down
+                problem, fix = describe_error(e)
+                self.error(problem, fix, traceback.format_exc())
+        return wrapper
+
+    def run_job(self, name: str, fn: Callable, on_finished: Callable | None = None,
+                on_failed: Callable | None = None, on_cancelled: Callable | None = None,
+                model_changing: bool = True, quiet: bool = False) -> Job | None:
+        """Start ``fn(progress)`` in the background with logging and error dialogs.
+
+        ``quiet`` jobs (previews) neither log nor show dialogs; their ``on_failed`` handles errors.
+        Returns the :class:`Job`, or ``None`` when refused because another model job runs.
+        """
+        if self._closed or (self._closing and model_changing):
+            return None
+        fin, fail, canc = self._safe(on_finished), self._safe(on_failed), self._safe(on_cancelled)
+
+        holder: dict = {}  # the job, for its run time (not kept after it ends: it holds the result)
+
+        def finished(result):
+            if not quiet:
+                job = holder.pop("job", None)
+                secs = f" in {job.seconds:.1f} s" if job is not None and job.seconds is not None else ""
+                self.log(f"{name}: done{secs}", "ok")
+            if fin:
+                fin(result)
+
+        def failed(problem, fix, tb):
+            if not quiet:
+                self.error(problem, fix, tb)
+            if fail:
+                fail(problem, fix, tb)
+
+        def cancelled():
+            if not quiet:
+                self.log(f"{name}: cancelled; nothing was changed", "warn")
+            if canc:
+                canc()
+
+        job = self.runner.start(name, fn, model_changing=model_changing, on_finished=finished,
+                                on_failed=failed, on_cancelled=cancelled)
+        if job is not None:
+            holder["job"] = job
+            job.done.connect(lambda: holder.clear())
+            if not quiet:
+                self.log(f"{name}…")
+        return job
+
+    def cancel(self) -> None:
+        """Cancel the running model job (Esc)."""
+        job = self.runner.current
+        if job is None:
+            return
+        job.cancel()
+        self.job_label.setText(f"Cancelling {job.name.lower()}…")
+        self.log(f"Cancelling {job.name.lower()} at the next safe point…", "warn")
+
+    # ------------------------------------------------------------------------------------
+    # busy state, progress and status bar
+    # ------------------------------------------------------------------------------------
+    def _busy_changed(self, busy: bool, name: str) -> None:
+        self.state.set_busy(busy, name)
+        self.cancel_btn.setEnabled(busy)
+        self.actions_by_name["cancel"].setEnabled(busy)
+        for a in self.model_actions:
+            a.setEnabled(not busy)
+        if busy:
+            self.job_label.setText(f"{name}…")
+            self.progress.setValue(0)
+            self.busy_label.setText(f"● Busy: {name}")
+            self.busy_label.setProperty("busy", True)
+        else:
+            self.job_label.setText("Idle")
+            self.busy_label.setText("Ready")
+            self.busy_label.setProperty("busy", False)
+            job = self.runner.current
+            self.progress.setValue(1000 if job is None else 0)
+        self.busy_label.style().unpolish(self.busy_label)
+        self.busy_label.style().polish(self.busy_label)
+
+    def _progress(self, frac: float, msg: str) -> None:
+        self.progress.setValue(int(frac * 1000))
+        job = self.runner.current
+        if msg:
+            self.job_label.setText(f"{job.name if job else ''}: {msg}" if job else msg)
+
+    def _update_status(self) -> None:
+        info = self.state.info
+        if info:
+            self.device_label.setText(f"Device: {info['device']}")
+            self.dtype_label.setText(f"Precision: {info['dtype']}")
+        else:
+            self.device_label.setText("Device: –")
+            self.dtype_label.setText("Precision: –")
+        self._update_memory()
+
+    def _update_memory(self) -> None:
+        try:
+            import psutil
+
+            rss = psutil.Process().memory_info().rss
+            text = f"Memory: {rss / 2 ** 30:.2f} GiB"
+        except Exception:  # noqa: BLE001 - psutil missing or restricted
+            text = "Memory: –"
+        info = self.state.info
+        if info and str(info.get("device", "")).startswith("cuda"):
+            import torch
+
+            text += f" · GPU {torch.cuda.memory_allocated() / 2 ** 30:.2f} GiB"
+        self.memory_label.setText(text)
+
+    # ------------------------------------------------------------------------------------
+    # recipes and settings
+    # ------------------------------------------------------------------------------------
+    def current_recipe(self) -> Recipe:
+        """Every setting of every panel as a :class:`Recipe` (what ``polyprune run`` executes)."""
+        r = Recipe()
+        for p in self.panels:
+            p.to_recipe(r)
+        return r
+
+    def sync_recipe(self) -> Recipe:
+        """Refresh ``state.recipe`` from the panels and return it."""
+        self.state.recipe = self.current_recipe()
+        return self.state.recipe
+
+    def apply_recipe(self, recipe: Recipe) -> None:
+        """Show a recipe's settings in the panels (the model is loaded only when asked)."""
+        for p in self.panels:
+            p.apply_recipe(recipe)
+        self.state.recipe = recipe
+        self.state.recipe_changed.emit()
+
+    def save_recipe(self, path: str | Path) -> Path:
+        """Write the current settings as a recipe (JSON or YAML by suffix)."""
+        out = save_recipe(self.sync_recipe(), path)
+        self.log(f"Saved recipe {out}; replay it with: polyprune run {out}", "ok")
+        return out
+
+    def open_recipe(self, path: str | Path) -> Recipe | None:
+        """Read a recipe and show its settings; a dialog explains a bad file."""
+        try:
+            recipe = load_recipe(path)
+        except PolypruneError as e:
+            self.error(e.problem, e.fix or "")
+            return None
+        self.apply_recipe(recipe)
+        loaded = self.state.loaded
+        msg = f"Opened recipe {path}"
+        if loaded is None or loaded.spec != recipe.model:
+            msg += f"; press Load in the Model panel to load {recipe.model}"
+        self.log(msg, "ok")
+        return recipe
+
+    def save_recipe_dialog(self) -> None:
+        """Ask where to save the recipe (File → Save recipe, Ctrl+S)."""
+        path, _ = QFileDialog.getSaveFileName(self, "Save recipe", "recipe.yaml", "YAML (*.yaml *.yml);;JSON (*.json)")
+        if path:
+            try:
+                self.save_recipe(path)
+            except (OSError, PolypruneError) as e:
+                problem, fix = describe_error(e)
+                self.error(problem, fix if isinstance(e, PolypruneError) else "choose a folder you can write to")
+
+    def open_recipe_dialog(self) -> None:
+        """Ask which recipe to open (File → Open recipe, Ctrl+Shift+O)."""
+        path, _ = QFileDialog.getOpenFileName(self, "Open recipe", "", "Recipes (*.yaml *.yml *.json);;All files (*)")
+        if path:
+            self.open_recipe(path)
+
+    def _restore(self) -> None:
+        s = self.settings
+        geo = s.value("window/geometry")
+        if geo is not None:
+            self.restoreGeometry(geo)
+        st = s.value("window/state")
+        if st is not None:
+            self.restoreState(st)
+        text = s.value("last_recipe")
+        if text:
+            try:
+                self.apply_recipe(Recipe.from_dict(json.loads(text)))
+            except Exception:  # noqa: BLE001 - stale settings from another version are ignored
+                pass
+        try:
+            self.tabs.setCurrentIndex(int(s.value("window/tab", 0)))
+        except (TypeError, ValueError):
+            pass
+
+    def save_settings(self) -> None:
+        """Persist window layout, current panel and the last settings (QSettings)."""
+        s = self.settings
+        s.setValue("window/geometry", self.saveGeometry())
+        s.setValue("window/state", self.saveState())
+        s.setValue("window/tab", self.tabs.currentIndex())
+        try:
+            s.setValue("last_recipe", json.dumps(self.current_recipe().to_dict()))
+        except Exception:  # noqa: BLE001
+            pass
+        s.sync()
+
+    # ------------------------------------------------------------------------------------
+    # help
+    # ------------------------------------------------------------------------------------
+    def show_glossary(self) -> None:
+        """Explain the terms in plain words (F1)."""
+        items = "".join(f"<p><b>{k.replace('_', ' ')}</b>: {html.escape(v)}</p>" for k, v in GLOSSARY.items())
+        box = QMessageBox(self)
+        box.setWindowTitle("Polyprune glossary")
+        box.setText("<h3>Terms in plain words</h3>" + items)
+        box.open()
+        self._boxes.append(box)
+
+    def show_about(self) -> None:
+        """Show the version and what Polyprune does."""
+        box = QMessageBox(self)
+        box.setWindowTitle("About Polyprune")
+        box.setText(f"<h3>Polyprune {__version__}</h3><p>Prune and inspect multilingual language models with "
+                    "translation demonstrations (Kim et al. 2024) and Wanda (Sun et al. 2024).</p>"
+                    "<p>Every session can be saved as a recipe and replayed with <code>polyprune run</code>.</p>")
+        box.open()
+        self._boxes.append(box)
+
+    # ------------------------------------------------------------------------------------
+    # closing
+    # ------------------------------------------------------------------------------------
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        """A shown window accepts jobs again."""
+        self._closed = False
+        self._closing = False
+        super().showEvent(event)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        """Closing during a job cancels it, waits for it to stop, then closes."""
+        if self.runner.active_jobs():
+            if not self._closing:
+                self._closing = True
+                names = ", ".join(j.name for j in self.runner.active_jobs())
+                self.log(f"Closing: cancelling {names}; the window closes as soon as it has stopped", "warn")
+                self.busy_label.setText("Closing: waiting for the job to stop…")
+                self.runner.cancel_all()
+            event.ignore()
+            return
+        self.save_settings()
+        self._mem_timer.stop()
+        self._closed = True
+        event.accept()
+
+    def _maybe_close(self) -> None:
+        if self._closing:
+            QTimer.singleShot(0, self.close)
