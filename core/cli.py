@@ -178,40 +178,43 @@ def cmd_inspect(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    from .evaluation import EvalRecord  # noqa: F401
-    from .models import load_model
-    from .pipeline import evaluate
-    from .recipe import EvalConfig
+    from .models import default_device, load_model
+    from .recipe import default_data_dir
+    from .results import save_results
+    from .tasks import evaluate_tasks
 
-    from .models import default_device
-    ev = EvalConfig(ppl=_langs(a.eval_ppl), xnli=_langs(a.eval_xnli), limit=a.limit, ppl_limit=a.ppl_limit, data=a.data,
-                    batch_size=a.eval_batch_size)
-    if a.tasks:
-        langs = _langs(a.languages)
-        for t in _langs(a.tasks):
-            if t in ("ppl", "flores_ppl", "perplexity"):
-                ev.ppl = ev.ppl or langs
-            elif t == "xnli":
-                ev.xnli = ev.xnli or langs
-            else:
-                raise PolypruneError(f"Unknown task {t!r}", "use flores_ppl or xnli")
-    if not ev.enabled:
-        raise PolypruneError("Nothing to evaluate", "give --eval-ppl LANGS and/or --eval-xnli LANGS (or --tasks and --languages)")
+    tasks, langs = _langs(a.tasks), (_langs(a.languages) or None)
+    if a.eval_ppl or a.eval_xnli:  # the prune command's flags work here too
+        per = {t: langs for t in tasks}
+        if a.eval_ppl:
+            per["flores_ppl"] = _langs(a.eval_ppl)
+        if a.eval_xnli:
+            per["xnli"] = _langs(a.eval_xnli)
+        tasks, langs = list(per), per
+    if not tasks:
+        raise PolypruneError("Nothing to evaluate",
+                             "give --tasks (xnli,pawsx,xcopa,xstorycloze,xwinograd,flores_ppl,flores_mt) and --languages")
+    data = Path(a.data).expanduser() if a.data else default_data_dir()
+    if data is None or not data.is_dir():
+        raise PolypruneError("No evaluation data folder found",
+                             "give --data DIR (with xnli/, pawsx/, xcopa/, ..., flores200/) or set POLYPRUNE_DATA")
     prog = _progress("evaluate")
     try:
         loaded = load_model(a.model, a.device or default_device(), a.dtype, a.trust_remote_code, prog.sub(0, 0.1))
-        records = evaluate(loaded, ev, prog.sub(0.1, 1))
+        results = evaluate_tasks(loaded.model, loaded.tokenizer, tasks, langs, data, split=a.split, limit=a.limit,
+                                 batch_size=a.eval_batch_size, metrics=_langs(a.metrics), bootstrap=a.bootstrap,
+                                 seed=a.seed, progress=prog.sub(0.1, 1), on_error="record", model_name=a.model,
+                                 translation={"shots": a.mt_shots, "max_new_tokens": a.max_new_tokens,
+                                              "directions": a.mt_directions})
     finally:
         prog.bar.close()
-    rows = [r.to_dict() | {"model": a.model} for r in records]
-    for r in rows:
-        _log(f"{r['task']:<11} {r['language']:<9} {r['metric']:<10} {r['value']:.4f}  (n={r['n']})")
+    for r in results:
+        ci = f" [{r.ci_low:.4f}, {r.ci_high:.4f}]" if r.ci_low is not None else ""
+        _log(f"{r.task:<12} {r.language:<18} ERROR {r.error}" if r.error else
+             f"{r.task:<12} {r.language:<18} {r.metric:<14} {r.value:.4f}{ci}  (n={r.n})")
     if a.out:
-        p = Path(a.out)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(rows, indent=2, ensure_ascii=False), encoding="utf-8")
-        _log(f"Wrote {p}")
-    return 0
+        _log(f"Wrote {save_results(results, a.out)}")
+    return 1 if any(r.error for r in results) else 0
 
 
 def cmd_export(a) -> int:
@@ -281,9 +284,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="FLORES perplexity and zero-shot XNLI")
     add_model_args(p)
     add_eval_args(p)
-    p.add_argument("--tasks", default=None, help="comma-separated: flores_ppl, xnli")
-    p.add_argument("--languages", default=None, help="languages for --tasks")
-    p.add_argument("--out", default=None, help="write records as JSON")
+    p.add_argument("--tasks", default=None, help="comma-separated: xnli, pawsx, xcopa, xstorycloze, xwinograd, flores_ppl, flores_mt, or a custom task spec .json")
+    p.add_argument("--languages", default=None, help="languages for --tasks (default: every language with a file)")
+    p.add_argument("--split", default=None, help="task split (default: test for xnli/xcopa/xwinograd, dev for pawsx, eval for xstorycloze)")
+    p.add_argument("--metrics", default="acc,acc_norm", help="acc, acc_norm (by UTF-8 bytes), acc_norm_chars (the harness's), prompt_mean (Kim et al.)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% confidence intervals")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mt-shots", type=int, default=4, help="flores_mt: demonstrations per prompt")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="flores_mt: greedy decoding length")
+    p.add_argument("--mt-directions", default="both", choices=["both", "xx-en", "en-xx"])
+    p.add_argument("--out", default=None, help="write results as JSON (or CSV by suffix)")
 
     p = sub.add_parser("export", help="export a model (optionally with a saved mask set applied)")
     add_model_args(p)

@@ -62,7 +62,15 @@ def evaluate(loaded: LoadedModel, cfg: EvalConfig, progress: Progress | None = N
     if cfg.xnli:
         xdir = data / "xnli" if (data / "xnli").is_dir() else data
         records += xnli_accuracy(loaded.model, loaded.tokenizer, xdir, cfg.xnli, limit=cfg.limit,
-                                 batch_size=cfg.batch_size, progress=progress.sub(split, 1))
+                                 batch_size=cfg.batch_size, progress=progress.sub(split, 1 if not cfg.tasks else 0.5))
+    if cfg.tasks:
+        from .results import to_eval_record
+        from .tasks import evaluate_tasks
+        res = evaluate_tasks(loaded.model, loaded.tokenizer, cfg.tasks, cfg.languages or None, data,
+                             split=cfg.task_split, limit=cfg.limit, batch_size=cfg.batch_size, metrics=cfg.metrics,
+                             bootstrap=cfg.bootstrap, progress=progress.sub(0.5 if (cfg.ppl or cfg.xnli) else 0, 1),
+                             on_error="raise", model_name=loaded.spec, translation=cfg.translation)
+        records += [to_eval_record(r) for r in res]
     return records
 
 

@@ -38,6 +38,11 @@ class EvalConfig:
         batch_size: sequences per forward pass.
         dense: also evaluate the dense model before pruning, for side-by-side deltas.
         optional: skip evaluation (with a message) instead of failing when no data folder exists.
+        tasks: further tasks of :mod:`polyprune.tasks` (xnli, pawsx, xcopa, xstorycloze, xwinograd,
+            flores_ppl, flores_mt, or a custom task spec file), on ``languages`` (empty: every
+            language with a file), split ``task_split`` (None: the task's default).
+        metrics, bootstrap: multiple-choice metrics and bootstrap resamples for 95% intervals.
+        translation: settings of ``flores_mt`` (shots, max_new_tokens, directions, batch_size).
     """
 
     ppl: list[str] = field(default_factory=list)
@@ -49,10 +54,16 @@ class EvalConfig:
     batch_size: int = 16
     dense: bool = True
     optional: bool = False
+    tasks: list[str] = field(default_factory=list)
+    languages: list[str] = field(default_factory=list)
+    task_split: str | None = None
+    metrics: list[str] = field(default_factory=lambda: ["acc", "acc_norm"])
+    bootstrap: int = 1000
+    translation: dict = field(default_factory=dict)
 
     @property
     def enabled(self) -> bool:
-        return bool(self.ppl or self.xnli)
+        return bool(self.ppl or self.xnli or self.tasks)
 
 
 @dataclass

@@ -147,7 +147,10 @@ def test_cli_evaluate_records(tmp_path):
                "--data", str(shared_data_dir()), "--out", str(out)])
     assert rc == 0
     rows = json.loads(out.read_text())
-    assert [(r["task"], r["language"], r["n"]) for r in rows] == [("xnli", "en", 3), ("xnli", "sw", 3)]
+    acc = [(r["task"], r["language"], r["n"]) for r in rows if r["metric"] == "acc"]
+    assert acc == [("xnli", "en", 3), ("xnli", "sw", 3)]
+    assert all({"task", "language", "metric", "value", "n"} <= set(r) for r in rows)
+    assert {r["metric"] for r in rows} >= {"acc", "acc_norm"}
 
 
 def test_cli_masks_apply_to_another_copy(tmp_path):
