@@ -9,31 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
 from .errors import Cancelled, PolypruneError
-from .progress import Progress
-
-
-def _progress(desc: str) -> Progress:
-    from tqdm import tqdm
-
-    bar = tqdm(total=1000, desc=desc, file=sys.stderr, leave=True, dynamic_ncols=True,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
-    lock = threading.Lock()
-
-    def cb(frac: float, msg: str):
-        with lock:
-            bar.n = int(frac * 1000)
-            bar.set_postfix_str(msg[:60], refresh=False)
-            bar.refresh()
-
-    p = Progress(cb, min_interval=0.2)
-    p.bar = bar  # type: ignore[attr-defined]
-    return p
+from .progress import tqdm_progress as _progress
 
 
 def _log(msg: str) -> None:

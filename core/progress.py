@@ -75,3 +75,24 @@ class Progress:
 def ensure(progress: Progress | None) -> Progress:
     """Return ``progress`` or a silent :class:`Progress` so callees need no ``None`` checks."""
     return progress if progress is not None else Progress()
+
+
+def tqdm_progress(desc: str) -> Progress:
+    """A :class:`Progress` drawing a tqdm bar on stderr (for the command line); the bar is ``.bar``."""
+    import sys
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=1000, desc=desc, file=sys.stderr, leave=True, dynamic_ncols=True,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+    lock = threading.Lock()
+
+    def cb(frac: float, msg: str):
+        with lock:
+            bar.n = int(frac * 1000)
+            bar.set_postfix_str(msg[:60], refresh=False)
+            bar.refresh()
+
+    p = Progress(cb, min_interval=0.2)
+    p.bar = bar  # type: ignore[attr-defined]
+    return p

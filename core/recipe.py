@@ -134,6 +134,24 @@ class Recipe:
         return cls(**kwargs)
 
 
+def read_settings_file(p: Path, what: str):
+    """Parse a JSON (``.json``) or YAML (anything else) settings file.
+
+    Raises:
+        PolypruneError: missing file, or a parse error with its position.
+    """
+    if not p.is_file():
+        raise PolypruneError(f"The {what} file {p} does not exist", "check the path")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix.lower() == ".json":
+            return json.loads(text)
+        import yaml
+        return yaml.safe_load(text)
+    except Exception as e:  # json.JSONDecodeError or yaml.YAMLError, both carry the position
+        raise PolypruneError(f"Could not parse {what} {p}: {e}", "fix the syntax (JSON or YAML)") from e
+
+
 def load_recipe(path: str | Path) -> Recipe:
     """Read a recipe from ``.json``, ``.yaml`` or ``.yml``.
 
@@ -141,17 +159,7 @@ def load_recipe(path: str | Path) -> Recipe:
         PolypruneError: missing file, parse error (with line), unknown keys.
     """
     p = Path(path).expanduser()
-    if not p.exists():
-        raise PolypruneError(f"Recipe {p} does not exist", "check the path")
-    text = p.read_text(encoding="utf-8")
-    try:
-        if p.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-            data = yaml.safe_load(text)
-    except (json.JSONDecodeError, Exception) as e:  # yaml.YAMLError carries its own position
-        raise PolypruneError(f"Could not parse recipe {p}: {e}", "fix the syntax (JSON or YAML)") from e
+    data = read_settings_file(p, "recipe")
     return Recipe.from_dict(data or {}, where=f"recipe {p.name}")
 
 

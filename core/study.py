@@ -58,7 +58,7 @@ import torch
 
 from .calibration import build as build_calibration_spec, normalize_spec
 from .errors import Cancelled, PolypruneError
-from .progress import Progress, ensure
+from .progress import Progress, ensure, tqdm_progress
 from .pruning import PruneConfig, restore
 
 EvaluateFn = Callable[[Any, Any, Progress], list]
@@ -132,18 +132,10 @@ def load_study(path: str | Path) -> StudyConfig:
     Raises:
         PolypruneError: missing file, parse error, unknown keys.
     """
+    from .recipe import read_settings_file
+
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise PolypruneError(f"Study file {p} does not exist", "check the path")
-    text = p.read_text(encoding="utf-8")
-    try:
-        if p.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-            data = yaml.safe_load(text)
-    except Exception as e:  # json.JSONDecodeError or yaml.YAMLError, both carry the position
-        raise PolypruneError(f"Could not parse study {p}: {e}", "fix the syntax (JSON or YAML)") from e
+    data = read_settings_file(p, "study")
     return StudyConfig.from_dict(data or {}, where=f"study {p.name}")
 
 
@@ -732,21 +724,6 @@ def prune(model, cfg, calibration, progress, contrast=None, outlier_ratios=None)
 # --------------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------------
-def _tqdm_progress(desc: str) -> Progress:
-    from tqdm import tqdm
-    bar = tqdm(total=1000, desc=desc, file=sys.stderr, dynamic_ncols=True,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
-
-    def cb(frac: float, msg: str):
-        bar.n = int(frac * 1000)
-        bar.set_postfix_str(msg[:60], refresh=False)
-        bar.refresh()
-
-    p = Progress(cb, min_interval=0.2)
-    p.bar = bar  # type: ignore[attr-defined]
-    return p
-
-
 def print_summary(result_rows: list[dict], agreement_rows: list[dict], write=print) -> None:
     """Print every heatmap (values and change vs dense) and the mean mask agreement per block."""
     for table in heatmaps(result_rows):
@@ -789,7 +766,7 @@ def study_main(argv: list[str] | None = None) -> int:
             cfg.out = a.out
         if a.device:
             cfg.device = a.device
-        prog = _tqdm_progress("study")
+        prog = tqdm_progress("study")
         try:
             res = run_study(cfg, prog, log=lambda m: prog.bar.write(m, file=sys.stderr))
         finally:
