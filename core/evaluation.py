@@ -206,20 +206,7 @@ def _loglikelihoods_simple(model, requests: Sequence[tuple[Sequence[int], Sequen
                 p_t = torch.tensor(p_rows, device=hidden.device)
                 rows = hidden[b_t, p_t]  # [R, H]
                 del out, hidden
-                tgt_t = torch.tensor(tgt, dtype=torch.long)
-                lps, greedy = [], []
-                for c0 in range(0, rows.shape[0], HEAD_CHUNK_ROWS):
-                    chunk = rows[c0:c0 + HEAD_CHUNK_ROWS]
-                    logits = head(chunk.to(head.weight.device)).float()  # [r, V]
-                    if cap is not None:
-                        logits = torch.tanh(logits / cap) * cap
-                    logp = torch.log_softmax(logits, dim=-1)
-                    t = tgt_t[c0:c0 + HEAD_CHUNK_ROWS].to(logp.device)
-                    lps.append(logp.gather(1, t[:, None])[:, 0].double().cpu())
-                    greedy.append((logp.argmax(dim=-1) == t).cpu())
-                    del logits, logp
-                lp_all = torch.cat(lps)
-                gr_all = torch.cat(greedy)
+                lp_all, gr_all = _head_logprobs(head, rows, torch.tensor(tgt, dtype=torch.long), cap)
                 off = 0
                 for i, C in zip(idx, counts):
                     results[i] = (float(lp_all[off:off + C].sum()), C,
@@ -602,17 +589,22 @@ def _lcp(seqs: Sequence[Sequence[int]]) -> int:
 
 
 def _head_logprobs(head, rows: torch.Tensor, targets: torch.Tensor, cap: float | None):
-    """log p(target) and argmax==target for hidden ``rows [R, H]`` (LM head in chunks)."""
+    """log p(target) and whether target is the argmax, for hidden ``rows [R, H]``.
+
+    The LM head runs in chunks of :data:`HEAD_CHUNK_ROWS` rows (float32 logits ``[<=2048, V]``);
+    ``log p = logit[target] - logsumexp(logits)``, which is the gathered log-softmax without
+    materialising it. Returns ``([R] float64, [R] bool)`` on the CPU.
+    """
     lps, greedy = [], []
     for c0 in range(0, rows.shape[0], HEAD_CHUNK_ROWS):
         logits = head(rows[c0:c0 + HEAD_CHUNK_ROWS].to(head.weight.device)).float()
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
-        logp = torch.log_softmax(logits, dim=-1)
-        t = targets[c0:c0 + HEAD_CHUNK_ROWS].to(logp.device)
-        lps.append(logp.gather(1, t[:, None])[:, 0].double().cpu())
-        greedy.append((logp.argmax(dim=-1) == t).cpu())
-        del logits, logp
+        t = targets[c0:c0 + HEAD_CHUNK_ROWS].to(logits.device)
+        lp = logits.gather(1, t[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+        lps.append(lp.double().cpu())
+        greedy.append((logits.argmax(dim=-1) == t).cpu())
+        del logits
     if not lps:
         return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.bool)
     return torch.cat(lps), torch.cat(greedy)
