@@ -314,14 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["study"]:
-        from .study import study_main
-        try:
-            return study_main(argv[1:])
-        except PolypruneError as e:
-            print(f"\npolyprune: error: {e.problem}", file=sys.stderr)
-            if e.fix:
-                print(f"  fix: {e.fix}", file=sys.stderr)
-            return 2
+        from .study import study_main  # reports its own errors and cancellation
+        return study_main(argv[1:])
     ap = build_parser()
     a = ap.parse_args(argv)
     try:
