@@ -296,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gui", help="open the desktop application")
     p.add_argument("--model", default=None, help="model to load at start ('demo' for the demo model)")
     p.add_argument("--screenshots", default=None, metavar="DIR", help="run the workflow with small settings, save one PNG per panel and exit")
+    p.add_argument("--study", default=None, metavar="DIR", help="show the results of a study folder in the Studies panel")
     return ap
 
 
@@ -325,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError as e:
                 raise PolypruneError(f"The desktop application is not available ({e})",
                                      "install the GUI dependencies (pip install PySide6-Essentials pyqtgraph) or use the subcommands, see polyprune --help") from e
-            return launch(getattr(a, "model", None), getattr(a, "screenshots", None))
+            return launch(getattr(a, "model", None), getattr(a, "screenshots", None), getattr(a, "study", None))
         if a.cmd == "prune":
             recipe = _recipe_from_args(a)
             recipe.export = not a.no_export

@@ -623,6 +623,39 @@ def run_study(cfg: StudyConfig, progress: Progress | None = None, log: Callable[
     return StudyResult(out, cells, ran, skipped, rows, agreement_rows, time.perf_counter() - t_start)
 
 
+def study_status(cfg: StudyConfig) -> tuple[list[Cell], set[str]]:
+    """The grid of a study and which of its cells are already finished on disk (for resume displays).
+
+    A cell counts as finished when its ``results.json`` exists for the study's current evaluation
+    settings, exactly as :func:`run_study` decides what to skip.
+
+    Returns:
+        ``(cells, finished cell ids)``.
+
+    Raises:
+        PolypruneError: invalid settings (as :func:`plan`).
+    """
+    cells = plan(cfg)
+    eval_sig = _hash(asdict(_eval_config(cfg.evaluation)))[:16]
+    out = Path(cfg.out).expanduser()
+    return cells, {c.id for c in cells if out.is_dir() and _done(out, c.id, eval_sig) is not None}
+
+
+def study_from_text(text: str, where: str = "study") -> StudyConfig:
+    """Parse a study written as YAML (or JSON) text, e.g. from an editor.
+
+    Raises:
+        PolypruneError: a syntax error (with its line) or unknown settings.
+    """
+    import yaml
+
+    try:
+        data = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as e:
+        raise PolypruneError(f"Could not parse the {where}: {e}", "fix the YAML syntax at the line shown") from e
+    return StudyConfig.from_dict(data or {}, where=where)
+
+
 def _run_cells(cfg, cells, todo, ev, eval_sig, out, done, progress, log, loaded, evaluate_fn, dense_rows) -> list[str]:
     from .masks import model_signature, save_masks
     from .models import default_device, find_blocks, load_model

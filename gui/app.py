@@ -46,13 +46,14 @@ def make_app():
     return app
 
 
-def launch(model: str | None = None, screenshots: str | None = None) -> int:
+def launch(model: str | None = None, screenshots: str | None = None, study: str | None = None) -> int:
     """Open the main window; return the exit status.
 
     Args:
         model: a model spec to load at start (``"demo"`` for the demo model).
         screenshots: a folder: run the workflow on ``model`` (default ``demo``) with small settings,
-            save one PNG per panel there (``00_main_window.png`` ... ``06_export.png``) and exit.
+            save one PNG per panel there (``00_main_window.png`` ... ``07_studies.png``) and exit.
+        study: a study folder whose results the Studies panel shows at start.
 
     Raises:
         PolypruneError: no display is available (and no screenshots folder was given).
@@ -79,7 +80,7 @@ def launch(model: str | None = None, screenshots: str | None = None) -> int:
         settings = QSettings(str(Path(tmp) / "settings.ini"), QSettings.IniFormat)
         win = MainWindow(settings=settings, restore=False)
         win.show()
-        run = ScreenshotRun(win, model or "demo", Path(screenshots), Path(tmp))
+        run = ScreenshotRun(win, model or "demo", Path(screenshots), Path(tmp), study=study)
         QTimer.singleShot(0, run.start)
         app.exec()
         win.runner.cancel_all()
@@ -89,6 +90,8 @@ def launch(model: str | None = None, screenshots: str | None = None) -> int:
         return run.exit_code
     win = MainWindow()
     win.show()
+    if study:
+        QTimer.singleShot(0, lambda: win.show_study(study))
     if model:
         QTimer.singleShot(0, lambda: win.model_panel.load(model))
     return app.exec()

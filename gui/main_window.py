@@ -26,6 +26,7 @@ from .panels.export_panel import ExportPanel
 from .panels.features_panel import FeaturesPanel
 from .panels.model_panel import ModelPanel
 from .panels.pruning_panel import PruningPanel
+from .panels.study_panel import StudyPanel
 from .state import AppState
 from .style import STYLE_SHEET
 from .widgets import GLOSSARY
@@ -91,8 +92,9 @@ class MainWindow(QMainWindow):
         self.pruning_panel = PruningPanel(self)
         self.evaluation_panel = EvaluationPanel(self)
         self.export_panel = ExportPanel(self)
+        self.study_panel = StudyPanel(self)
         self.panels = [self.model_panel, self.demos_panel, self.features_panel, self.pruning_panel,
-                       self.evaluation_panel, self.export_panel]
+                       self.evaluation_panel, self.export_panel, self.study_panel]
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         for i, p in enumerate(self.panels, 1):
@@ -183,7 +185,7 @@ class MainWindow(QMainWindow):
         return a
 
     def _build_actions(self) -> None:
-        mp, dp, fp, pp, ep, xp = self.panels
+        mp, dp, fp, pp, ep, xp, sp = self.panels
         self.actions_by_name = {
             "open_model": self._action("Open model folder…", "Ctrl+O", mp.browse_folder, "Open a Hugging Face model folder"),
             "open_gguf": self._action("Open .gguf file…", None, mp.browse_gguf),
@@ -200,6 +202,8 @@ class MainWindow(QMainWindow):
             "revert": self._action("Revert to dense", "Ctrl+Shift+R", pp.revert),
             "evaluate": self._action("Evaluate", "Ctrl+E", ep.run),
             "export": self._action("Export", "Ctrl+Shift+E", xp.export),
+            "study": self._action("Run / resume study", None, sp.run,
+                                  "Prune and evaluate every unfinished cell of the study in the Studies panel"),
             "cancel": self._action("Cancel the running job", "Esc", self.cancel),
             "glossary": self._action("Glossary", "F1", self.show_glossary),
             "about": self._action("About Polyprune", None, self.show_about),
@@ -210,7 +214,7 @@ class MainWindow(QMainWindow):
         for k in ("open_model", "open_gguf", "demo", None, "open_recipe", "save_recipe", None, "quit"):
             m.addSeparator() if k is None else m.addAction(a[k])
         m = mb.addMenu("&Run")
-        for k in ("build", "features", "compare", None, "prune", "revert", None, "evaluate", "export", None, "cancel"):
+        for k in ("build", "features", "compare", None, "prune", "revert", None, "evaluate", "export", "study", None, "cancel"):
             m.addSeparator() if k is None else m.addAction(a[k])
         m = mb.addMenu("&View")
         for i, p in enumerate(self.panels, 1):
@@ -222,7 +226,7 @@ class MainWindow(QMainWindow):
         m.addAction(a["glossary"])
         m.addAction(a["about"])
         self.model_actions = [a[k] for k in ("open_model", "open_gguf", "demo", "build", "features", "compare",
-                                             "prune", "revert", "evaluate", "export")]
+                                             "prune", "revert", "evaluate", "export", "study")]
 
     # ------------------------------------------------------------------------------------
     # services for the panels
@@ -341,6 +345,15 @@ class MainWindow(QMainWindow):
             if not quiet:
                 self.log(f"{name}…")
         return job
+
+    def show_study(self, folder: str | Path) -> None:
+        """Show a study folder's results in the Studies panel (a dialog explains a folder without any)."""
+        try:
+            self.study_panel.show_folder(folder)
+        except PolypruneError as e:
+            self.error(e.problem, e.fix or "")
+            return
+        self.tabs.setCurrentWidget(self.study_panel)
 
     def cancel(self) -> None:
         """Cancel the running model job (Esc)."""

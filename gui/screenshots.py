@@ -20,14 +20,16 @@ from PySide6.QtWidgets import QApplication
 from polyprune.recipe import default_data_dir
 
 SHOT_NAMES = ["01_model.png", "02_demonstrations.png", "03_features.png", "04_pruning.png", "05_evaluation.png",
-              "06_export.png"]
+              "06_export.png",
+              "07_studies.png"]
 MAIN_NAME = "00_main_window.png"
 
 
 class ScreenshotRun(QObject):
     """Drive a :class:`~polyprune.gui.main_window.MainWindow` through the workflow, then grab PNGs."""
 
-    def __init__(self, window, model: str, out_dir: Path, tmp: Path, samples: int = 8, seq_len: int = 128):
+    def __init__(self, window, model: str, out_dir: Path, tmp: Path, samples: int = 8, seq_len: int = 128,
+                 study: str | None = None):
         super().__init__(window)
         self.win = window
         self.model = model
@@ -47,6 +49,7 @@ class ScreenshotRun(QObject):
             ("export", self._export),
         ]
         self.files: list[Path] = []
+        self.study = study
 
     def say(self, msg: str) -> None:
         """Print a progress line of the screenshot run to stderr."""
@@ -132,6 +135,8 @@ class ScreenshotRun(QObject):
 
     def _shots(self) -> None:
         win = self.win
+        if self.study:  # the Studies panel shows a finished study (running one here would take too long)
+            win.study_panel.show_folder(self.study)
         tabs = win.tabs
         shots = list(zip(win.panels, SHOT_NAMES))
 
