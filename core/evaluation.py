@@ -247,7 +247,7 @@ def _prefix_id(tokenizer) -> int:
 
 def perplexity(model, tokenizer, texts: Iterable[str], *, batch_size: int = 8,
                max_length: int | None = None,
-               progress: Progress | None = None) -> tuple[float, float, int]:
+               progress: Progress | None = None, items: list | None = None) -> tuple[float, float, int]:
     """Token-level perplexity of ``texts`` (methods.md section 5, "Perplexity").
 
     Each text is tokenized with the tokenizer's own special-token behaviour
@@ -263,6 +263,7 @@ def perplexity(model, tokenizer, texts: Iterable[str], *, batch_size: int = 8,
         batch_size: texts per forward pass.
         max_length: passed to :func:`loglikelihoods` (texts longer than this raise).
         progress: per-batch progress and cancellation.
+        items: when a list is given, ``(nll, tokens)`` of each scored text is appended to it.
 
     Returns:
         ``(perplexity, total_nll, tokens)``: ``exp(total_nll / tokens)``, the summed negative
@@ -290,7 +291,38 @@ def perplexity(model, tokenizer, texts: Iterable[str], *, batch_size: int = 8,
                          progress=progress)
     nll = -sum(r[0] for r in res)
     tokens = sum(r[1] for r in res)
+    if items is not None:
+        items.extend((-r[0], int(r[1])) for r in res)
     return math.exp(nll / tokens), nll, tokens
+
+
+def perplexity_ci(item_nll: Sequence[float], item_tokens: Sequence[int], *, iters: int = 1000,
+                  seed: int | Sequence[int] = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of a pooled perplexity, resampling whole texts (sentences).
+
+    Each resample draws ``len(item_nll)`` texts with replacement and computes
+    ``exp(sum nll / sum tokens)`` over them, so a long sentence weighs as much as its tokens.
+
+    Args:
+        item_nll: ``[n]`` summed negative log-likelihood of each text, in nats.
+        item_tokens: ``[n]`` scored tokens of each text.
+        iters: resamples; seed: numpy ``default_rng`` seed; level: coverage.
+
+    Returns:
+        ``(low, high)``; ``(nan, nan)`` for no texts.
+    """
+    import numpy as np
+
+    nll = np.asarray(item_nll, dtype=np.float64)
+    tok = np.asarray(item_tokens, dtype=np.float64)
+    n = nll.size
+    if n == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(iters, n))
+    ppl = np.exp(nll[idx].sum(1) / np.maximum(tok[idx].sum(1), 1))
+    a = (1 - level) / 2
+    return float(np.quantile(ppl, a)), float(np.quantile(ppl, 1 - a))
 
 
 def _flores_file(flores_dir: Path, split: str, code: str) -> Path | None:
@@ -326,13 +358,21 @@ def _resolve_flores_code(code: str) -> str:
 
 def flores_perplexity(model, tokenizer, flores_dir, languages: Sequence[str], *,
                       split: str = "devtest", limit: int | None = None, batch_size: int = 8,
-                      progress: Progress | None = None) -> list[EvalRecord]:
+                      progress: Progress | None = None, bootstrap: int = 0, seed: int = 0,
+                      item_scores: bool = False) -> list[EvalRecord]:
     """Per-language FLORES-200 perplexity (methods.md section 5, "Perplexity").
 
     Reads ``<flores_dir>/<split>/<code>.<split>`` (or ``<flores_dir>/<code>.<split>`` when
     ``flores_dir`` is the split folder itself), one sentence a line, the first ``limit`` lines.
     Codes are FLORES-200 codes (``eng_Latn``); other spellings are mapped with
     ``polyprune.languages.resolve_language`` when that module is present.
+
+    Args:
+        bootstrap: resamples of whole sentences for a 95% interval (:func:`perplexity_ci`; 0 = none),
+            stored as ``extra["ci_low"]``, ``extra["ci_high"]``.
+        seed: bootstrap seed (each language derives its own).
+        item_scores: also store each sentence's ``item_nll`` and ``item_tokens`` in ``extra``
+            (for paired comparisons between models, e.g. in studies).
 
     Returns:
         One :class:`EvalRecord` per language: task ``"flores_ppl"``, metric ``"perplexity"``,
@@ -374,10 +414,19 @@ def flores_perplexity(model, tokenizer, flores_dir, languages: Sequence[str], *,
             raise PolypruneError(f"FLORES file {f} has no sentences",
                                  "check the file, or use a positive limit")
         sub = progress.sub(k / n_lang, (k + 1) / n_lang)
+        items: list = []
         ppl, nll, tokens = perplexity(model, tokenizer, lines, batch_size=batch_size,
-                                      progress=sub)
-        records.append(EvalRecord("flores_ppl", code, "perplexity", ppl, len(lines),
-                                  {"tokens": tokens, "nll": nll}))
+                                      progress=sub, items=items)
+        extra: dict[str, Any] = {"tokens": tokens, "nll": nll}
+        if bootstrap:
+            import zlib
+            extra["ci_low"], extra["ci_high"] = perplexity_ci(
+                [a for a, _ in items], [b for _, b in items], iters=bootstrap,
+                seed=[int(seed), zlib.crc32(f"flores_ppl/{code}".encode("utf-8"))])
+        if item_scores:
+            extra["item_nll"] = [a for a, _ in items]
+            extra["item_tokens"] = [b for _, b in items]
+        records.append(EvalRecord("flores_ppl", code, "perplexity", ppl, len(lines), extra))
     return records
 
 

@@ -58,7 +58,8 @@ def evaluate(loaded: LoadedModel, cfg: EvalConfig, progress: Progress | None = N
     if cfg.ppl:
         flores = data / "flores200" if (data / "flores200").is_dir() else data
         records += flores_perplexity(loaded.model, loaded.tokenizer, flores, cfg.ppl, split=cfg.split,
-                                     limit=cfg.ppl_limit, batch_size=cfg.batch_size, progress=progress.sub(0, split))
+                                     limit=cfg.ppl_limit, batch_size=cfg.batch_size, progress=progress.sub(0, split),
+                                     bootstrap=cfg.bootstrap, item_scores=cfg.item_scores)
     if cfg.xnli:
         xdir = data / "xnli" if (data / "xnli").is_dir() else data
         records += xnli_accuracy(loaded.model, loaded.tokenizer, xdir, cfg.xnli, limit=cfg.limit,
@@ -69,7 +70,8 @@ def evaluate(loaded: LoadedModel, cfg: EvalConfig, progress: Progress | None = N
         res = evaluate_tasks(loaded.model, loaded.tokenizer, cfg.tasks, cfg.languages or None, data,
                              split=cfg.task_split, limit=cfg.limit, batch_size=cfg.batch_size, metrics=cfg.metrics,
                              bootstrap=cfg.bootstrap, progress=progress.sub(0.5 if (cfg.ppl or cfg.xnli) else 0, 1),
-                             on_error="raise", model_name=loaded.spec, translation=cfg.translation)
+                             on_error="raise", model_name=loaded.spec, translation=cfg.translation,
+                             item_scores=cfg.item_scores)
         records += [to_eval_record(r) for r in res]
     return records
 

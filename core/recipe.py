@@ -43,6 +43,7 @@ class EvalConfig:
             language with a file), split ``task_split`` (None: the task's default).
         metrics, bootstrap: multiple-choice metrics and bootstrap resamples for 95% intervals.
         translation: settings of ``flores_mt`` (shots, max_new_tokens, directions, batch_size).
+        item_scores: keep every item's score in the records (studies set it for paired comparisons).
     """
 
     ppl: list[str] = field(default_factory=list)
@@ -60,6 +61,7 @@ class EvalConfig:
     metrics: list[str] = field(default_factory=lambda: ["acc", "acc_norm"])
     bootstrap: int = 1000
     translation: dict = field(default_factory=dict)
+    item_scores: bool = False
 
     @property
     def enabled(self) -> bool:

@@ -32,6 +32,9 @@ Output folder::
     cells/<cell id>/masks.safetensors
     results.jsonl, results.csv  one row per (cell, task, language, metric), dense rows first
     mask_agreement.csv          per module and per block, every cell against the reference cell
+    paired.csv                  every cell minus the reference cell per task, language and metric, with a
+                                paired bootstrap 95% interval (same items resampled for both cells)
+    cells/<cell id>/items.json  each item's score (0/1 per document, nll and tokens per sentence)
 
 Resume and stop: a cell id is a hash of everything that determines its pruned model (model, dtype,
 seed, normalized calibration spec, contrast spec, pruning settings). Running a study again skips
@@ -231,7 +234,9 @@ def _eval_config(d: dict):
     if bad:
         raise PolypruneError(f"Unknown evaluation setting(s) {', '.join(sorted(bad))} in the study",
                              f"known: {', '.join(sorted(known))}")
-    return EvalConfig(**(d or {}))
+    ev = EvalConfig(**(d or {}))
+    ev.item_scores = True  # every cell keeps its item scores for paired comparisons
+    return ev
 
 
 def plan(cfg: StudyConfig) -> list[Cell]:
@@ -321,7 +326,27 @@ COLUMNS = ["cell", "calibration", "calibration_kind", "method", "sparsity", "pat
 
 def _record_fields(r) -> dict:
     d = r.to_dict() if hasattr(r, "to_dict") else dict(r) if isinstance(r, dict) else vars(r)
-    return {k: d.get(k) for k in ("task", "language", "metric", "value", "ci_low", "ci_high", "n")}
+    extra = d.get("extra") or {}
+    out = {k: d.get(k) for k in ("task", "language", "metric", "value", "ci_low", "ci_high", "n")}
+    for k in ("ci_low", "ci_high"):  # an EvalRecord carries its interval in extra
+        if out[k] is None and extra.get(k) is not None:
+            out[k] = extra[k]
+    return out
+
+
+def _item_scores(records) -> dict[str, dict]:
+    """``{"task|language|metric": {"correct": [...]} or {"nll": [...], "tokens": [...]}}`` of records
+    that carry item scores (``EvalConfig.item_scores``)."""
+    items = {}
+    for r in records:
+        d = r.to_dict() if hasattr(r, "to_dict") else dict(r)
+        extra = d.get("extra") or {}
+        key = f"{d['task']}|{d['language']}|{d['metric']}"
+        if "item_correct" in extra:
+            items[key] = {"correct": list(extra["item_correct"])}
+        elif "item_nll" in extra:
+            items[key] = {"nll": list(extra["item_nll"]), "tokens": list(extra["item_tokens"])}
+    return items
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -485,6 +510,7 @@ class StudyResult:
         rows: all result rows (dense first, grid order).
         agreement: rows of ``mask_agreement.csv``.
         seconds: wall time of this call.
+        paired: rows of ``paired.csv``: every cell against the reference cell with paired intervals.
     """
 
     out: Path
@@ -494,6 +520,7 @@ class StudyResult:
     rows: list[dict]
     agreement: list[dict]
     seconds: float
+    paired: list[dict] = field(default_factory=list)
 
 
 def _fingerprint(model) -> dict[str, float]:
@@ -516,9 +543,12 @@ def _done(out: Path, cid: str, eval_sig: str) -> list[dict] | None:
     return d["rows"] if d.get("eval_signature") == eval_sig else None
 
 
-def _write_cell(out: Path, cid: str, info: dict, rows: list[dict], eval_sig: str) -> None:
+def _write_cell(out: Path, cid: str, info: dict, rows: list[dict], eval_sig: str,
+                items: dict | None = None) -> None:
     d = _cell_dir(out, cid)
     _atomic_text(d / "cell.json", json.dumps(info, indent=2, ensure_ascii=False, default=str))
+    if items:
+        _atomic_text(d / "items.json", json.dumps(items, ensure_ascii=False))
     _atomic_text(d / "results.json", json.dumps({"eval_signature": eval_sig, "rows": rows}, indent=2,
                                                 ensure_ascii=False, default=_json_default))
 
@@ -550,6 +580,123 @@ def mask_agreement_rows(out: Path, cells: list[Cell], ref: Cell, done: set[str] 
         for k, v in agreement(None, None, counts).items():
             rows.append(base | {"level": "module", "block": block_of(k), "module": k, "agreement": v})
     return rows
+
+
+PAIRED_COLUMNS = ["reference", "cell", "calibration", "method", "sparsity", "task", "language", "metric", "n",
+                  "value", "reference_value", "difference", "ci_low", "ci_high"]
+
+
+def _load_items(out: Path, cid: str) -> dict:
+    p = _cell_dir(out, cid) / "items.json"
+    try:
+        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def paired_difference(a: dict, b: dict, iters: int = 1000, seed=0, level: float = 0.95) -> tuple[float, float, float]:
+    """Difference ``metric(a) - metric(b)`` of two models scored on the same items, with a paired
+    percentile-bootstrap interval (both resampled with the same item indices).
+
+    Args:
+        a, b: item scores of one ``(task, language, metric)``: ``{"correct": [n] 0/1}`` (accuracy:
+            difference of means) or ``{"nll": [n] nats, "tokens": [n]}`` (perplexity: difference of
+            ``exp(sum nll / sum tokens)``).
+        iters, seed, level: bootstrap resamples, numpy seed, coverage.
+
+    Returns:
+        ``(difference, low, high)``.
+
+    Raises:
+        ValueError: the two sides have different numbers of items or different kinds of scores.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    q = ((1 - level) / 2, (1 + level) / 2)
+    if "correct" in a and "correct" in b:
+        x, y = np.asarray(a["correct"], float), np.asarray(b["correct"], float)
+        if x.size != y.size:
+            raise ValueError(f"different item counts: {x.size} vs {y.size}")
+        d = x - y
+        idx = rng.integers(0, d.size, size=(iters, d.size))
+        boots = d[idx].mean(1)
+        lo, hi = np.quantile(boots, q)
+        return float(d.mean()), float(lo), float(hi)
+    if "nll" in a and "nll" in b:
+        na, ta = np.asarray(a["nll"], float), np.asarray(a["tokens"], float)
+        nb, tb = np.asarray(b["nll"], float), np.asarray(b["tokens"], float)
+        if na.size != nb.size:
+            raise ValueError(f"different item counts: {na.size} vs {nb.size}")
+        idx = rng.integers(0, na.size, size=(iters, na.size))
+        boots = np.exp(na[idx].sum(1) / ta[idx].sum(1)) - np.exp(nb[idx].sum(1) / tb[idx].sum(1))
+        lo, hi = np.quantile(boots, q)
+        return float(math.exp(na.sum() / ta.sum()) - math.exp(nb.sum() / tb.sum())), float(lo), float(hi)
+    raise ValueError("the two sides hold different kinds of item scores")
+
+
+def paired_rows(out: Path, cells: list[Cell], ref: Cell, done: set[str] | None = None, iters: int = 1000,
+                seed: int = 0) -> list[dict]:
+    """Every finished cell against the reference cell, per ``(task, language, metric)``, with paired
+    bootstrap 95% intervals of the difference (:func:`paired_difference`); rows for ``paired.csv``.
+
+    The interval is much narrower than the two cells' own intervals when the cells get mostly
+    the same items right: it answers "is this calibration better than the reference on these items".
+    """
+    import zlib
+
+    ref_items = _load_items(out, ref.id)
+    if not ref_items or (done is not None and ref.id not in done):
+        return []
+    rows = []
+    for c in cells:
+        if c.id == ref.id or (done is not None and c.id not in done):
+            continue
+        items = _load_items(out, c.id)
+        for key, a in items.items():
+            b = ref_items.get(key)
+            if b is None:
+                continue
+            task, lang, metric = key.split("|")
+            try:
+                diff, lo, hi = paired_difference(a, b, iters, [seed, zlib.crc32(key.encode("utf-8"))])
+            except ValueError:
+                continue
+            n = len(a.get("correct") or a.get("nll") or [])
+            if "correct" in a:
+                va, vb = sum(a["correct"]) / n, sum(b["correct"]) / n
+            else:
+                va = math.exp(sum(a["nll"]) / sum(a["tokens"]))
+                vb = math.exp(sum(b["nll"]) / sum(b["tokens"]))
+            rows.append({"reference": ref.calibration["label"], "cell": c.id, "calibration": c.calibration["label"],
+                         "method": c.method, "sparsity": c.sparsity, "task": task, "language": lang,
+                         "metric": metric, "n": n, "value": va, "reference_value": vb, "difference": diff,
+                         "ci_low": lo, "ci_high": hi})
+    return rows
+
+
+def load_paired(out: str | Path) -> list[dict]:
+    """Rows of ``paired.csv`` (numbers as floats), or ``[]``."""
+    p = Path(out).expanduser() / "paired.csv"
+    if not p.is_file():
+        return []
+    with open(p, encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        for k in ("sparsity", "value", "reference_value", "difference", "ci_low", "ci_high"):
+            r[k] = float(r[k])
+        r["n"] = int(r["n"])
+    return rows
+
+
+def _write_paired(out: Path, rows: list[dict]) -> None:
+    import io
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=PAIRED_COLUMNS)
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    _atomic_text(out / "paired.csv", buf.getvalue())
 
 
 def _write_agreement(out: Path, rows: list[dict]) -> None:
@@ -617,10 +764,13 @@ def run_study(cfg: StudyConfig, progress: Progress | None = None, log: Callable[
     finally:
         rows = collect_rows()
         write_tables(out, rows)
-        agreement_rows = mask_agreement_rows(out, cells, ref, {c.id for c in cells if done.get(c.id) is not None})
+        finished = {c.id for c in cells if done.get(c.id) is not None}
+        agreement_rows = mask_agreement_rows(out, cells, ref, finished)
         _write_agreement(out, agreement_rows)
+        paired = paired_rows(out, cells, ref, finished, iters=max(ev.bootstrap, 1), seed=cfg.seed)
+        _write_paired(out, paired)
     progress.update(1, 1, "Study done")
-    return StudyResult(out, cells, ran, skipped, rows, agreement_rows, time.perf_counter() - t_start)
+    return StudyResult(out, cells, ran, skipped, rows, agreement_rows, time.perf_counter() - t_start, paired)
 
 
 def study_status(cfg: StudyConfig) -> tuple[list[Cell], set[str]]:
@@ -693,7 +843,7 @@ def _run_cells(cfg, cells, todo, ev, eval_sig, out, done, progress, log, loaded,
         rows = [{"cell": "dense", "calibration": "dense", "calibration_kind": "", "method": "dense", "sparsity": 0.0,
                  "pattern": "", **_record_fields(r), "dense": None, "delta": None, "overall_sparsity": 0.0,
                  "prune_seconds": 0.0, "eval_seconds": time.perf_counter() - t} for r in recs]
-        _write_cell(out, "dense", {"model": cfg.model, "model_info": sig}, rows, eval_sig)
+        _write_cell(out, "dense", {"model": cfg.model, "model_info": sig}, rows, eval_sig, _item_scores(recs))
         pos += unit
         dense_rows = rows
     dense_val = {(r["task"], r["language"], r["metric"]): r["value"] for r in dense_rows}
@@ -737,7 +887,7 @@ def _run_cells(cfg, cells, todo, ev, eval_sig, out, done, progress, log, loaded,
                     "calibration_meta": {k: v for k, v in (cal.meta if cal is not None else {}).items()},
                     "pruning": res.summary() | {"module_sparsity": None}, "evaluation": asdict(ev),
                     "prune_seconds": prune_s, "eval_seconds": eval_s}
-            _write_cell(out, cell.id, info, rows, eval_sig)
+            _write_cell(out, cell.id, info, rows, eval_sig, _item_scores(recs))
             done[cell.id] = rows
             ran.append(cell.id)
         finally:
@@ -757,10 +907,25 @@ def prune(model, cfg, calibration, progress, contrast=None, outlier_ratios=None)
 # --------------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------------
-def print_summary(result_rows: list[dict], agreement_rows: list[dict], write=print) -> None:
-    """Print every heatmap (values and change vs dense) and the mean mask agreement per block."""
+def print_summary(result_rows: list[dict], agreement_rows: list[dict], write=print,
+                  paired: list[dict] | None = None) -> None:
+    """Print every heatmap (values and change vs dense), the paired differences from the reference
+    cell and the mask agreement per block."""
     for table in heatmaps(result_rows):
         write("\n" + table.format())
+    cis = [r for r in result_rows if r.get("ci_low") is not None]
+    if cis:
+        write("\n95% bootstrap intervals (task, language, metric: calibration value [low, high]):")
+        for key in dict.fromkeys((r["task"], r["language"], r["metric"]) for r in cis):
+            rs = [r for r in cis if (r["task"], r["language"], r["metric"]) == key]
+            write(f"  {key[0]} {key[1]} {key[2]}: " + "; ".join(
+                f"{r['calibration']} {r['value']:.4g} [{r['ci_low']:.4g}, {r['ci_high']:.4g}]" for r in rs))
+    if paired:
+        write(f"\nPaired differences from the reference cell ({paired[0]['reference']}), 95% paired bootstrap; * the interval excludes 0:")
+        for r in paired:
+            sig = "" if r["ci_low"] <= 0 <= r["ci_high"] else "  *"
+            write(f"  {r['task']:<12} {r['language']:<9} {r['metric']:<10} {r['calibration']:<22} "
+                  f"{r['difference']:+.4g} [{r['ci_low']:+.4g}, {r['ci_high']:+.4g}]  (n={r['n']}){sig}")
     for table in heatmaps(result_rows, mode="delta"):
         if any(v is not None for row in table.values for v in row):
             write("\n" + table.format())
@@ -792,7 +957,7 @@ def study_main(argv: list[str] | None = None) -> int:
             folder = Path(a.recipe)
             if folder.is_file():
                 folder = Path(a.out or load_study(folder).out)
-            print_summary(load_rows(folder), load_agreement(folder))
+            print_summary(load_rows(folder), load_agreement(folder), paired=load_paired(folder))
             return 0
         cfg = load_study(a.recipe)
         if a.out:
@@ -804,8 +969,9 @@ def study_main(argv: list[str] | None = None) -> int:
             res = run_study(cfg, prog, log=lambda m: prog.bar.write(m, file=sys.stderr))
         finally:
             prog.bar.close()
-        print_summary(res.rows, res.agreement)
-        print(f"\nWrote {res.out / 'results.csv'}, {res.out / 'results.jsonl'} and {res.out / 'mask_agreement.csv'}",
+        print_summary(res.rows, res.agreement, paired=res.paired)
+        print(f"\nWrote {res.out / 'results.csv'}, {res.out / 'results.jsonl'}, {res.out / 'paired.csv'} and "
+              f"{res.out / 'mask_agreement.csv'}",
               file=sys.stderr)
     except PolypruneError as e:
         print(f"\npolyprune: error: {e.problem}", file=sys.stderr)

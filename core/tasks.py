@@ -1027,7 +1027,8 @@ def evaluate_tasks(model, tokenizer, tasks, languages, data_dir, *, split: str |
                    metrics: Sequence[str] = ("acc", "acc_norm"), bootstrap: int = 1000,
                    seed: int = 0, progress: Progress | None = None, on_error: str = "raise",
                    model_name: str | None = None, run_id: str | None = None,
-                   log_samples: bool = False, translation: Mapping[str, Any] | None = None) -> list[Result]:
+                   log_samples: bool = False, translation: Mapping[str, Any] | None = None,
+                   item_scores: bool = False) -> list[Result]:
     """Evaluate a model on several tasks and languages; one :class:`Result` per number.
 
     Multiple-choice tasks (:data:`TASKS`, custom tasks): per language, the first ``limit``
@@ -1074,6 +1075,10 @@ def evaluate_tasks(model, tokenizer, tasks, languages, data_dir, *, split: str |
         translation: options for ``flores_mt``: ``shots`` (4), ``max_new_tokens`` (64),
             ``max_demo_chars`` (100), ``directions`` (``"both"``, ``"xx-en"`` or ``"en-xx"``),
             ``batch_size``, ``seed``.
+        item_scores: add each document's score to ``extra`` (``item_correct``: 0/1 per document
+            for accuracies; ``item_nll``/``item_tokens`` per sentence for perplexity), so that two
+            models evaluated on the same items can be compared pairwise
+            (:func:`polyprune.study.paired_differences`).
 
     Returns:
         Results in task order, then language order; RankC rows come last.
@@ -1148,7 +1153,8 @@ def evaluate_tasks(model, tokenizer, tasks, languages, data_dir, *, split: str |
             continue
         try:
             if task == FLORES_PPL:
-                code, rows = _flores_ppl_unit(model, tokenizer, data_dir, lang, split, limit, batch_size, sub)
+                code, rows = _flores_ppl_unit(model, tokenizer, data_dir, lang, split, limit, batch_size, sub,
+                                              bootstrap, seed, item_scores)
                 for r in rows:
                     r.model, r.run_id = model_name, run_id
                 results.extend(rows)
@@ -1173,6 +1179,8 @@ def evaluate_tasks(model, tokenizer, tasks, languages, data_dir, *, split: str |
             if bootstrap:
                 lo, hi = bootstrap_ci(x, iters=bootstrap, seed=_seed_for(seed, tname, code, m))
             extra: dict[str, Any] = {"stderr": stderr, "split": split or task.default_split}
+            if item_scores:
+                extra["item_correct"] = [int(round(float(v))) for v in x]
             if m == "acc" and log_samples:
                 extra.update(lls=scored["lls"], pred=scored["preds"], gold=scored["gold"])
             results.append(Result(tname, code, m, value, lo, hi, n, model_name, run_id, extra))
@@ -1207,11 +1215,13 @@ def _flores_dir(data_dir) -> Path:
     return root
 
 
-def _flores_ppl_unit(model, tokenizer, data_dir, lang, split, limit, batch_size, progress):
+def _flores_ppl_unit(model, tokenizer, data_dir, lang, split, limit, batch_size, progress, bootstrap=0, seed=0,
+                     item_scores=False):
     from .languages import resolve_language
     code = resolve_language(str(lang))
     recs = flores_perplexity(model, tokenizer, _flores_dir(data_dir), [code], split=split or "devtest",
-                             limit=limit, batch_size=batch_size, progress=progress)
+                             limit=limit, batch_size=batch_size, progress=progress, bootstrap=bootstrap, seed=seed,
+                             item_scores=item_scores)
     return code, [from_eval_record(r) for r in recs]
 
 

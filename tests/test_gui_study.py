@@ -19,7 +19,8 @@ from conftest import save_tiny  # noqa: E402
 from test_study import small_flores  # noqa: E402
 from polyprune.gui.main_window import MainWindow  # noqa: E402
 from polyprune.gui.panels.study_panel import example_study_text, heat_scores  # noqa: E402
-from polyprune.study import heatmap_table, load_agreement, load_rows, study_from_text, study_status  # noqa: E402
+from polyprune.study import (heatmap_table, load_agreement, load_paired, load_rows, study_from_text,  # noqa: E402
+                             study_status)
 
 LONG = 60000
 
@@ -94,6 +95,15 @@ def test_run_show_resume(qtbot, win, tmp_path):
     x, y = curves[0].getData()
     assert np.allclose(y, [r["agreement"] for r in sorted(agree, key=lambda r: r["block"])])
     assert "2 finished, 0 to run" in sp.plan_label.text()
+    # paired differences from the reference cell: table and heatmap mode
+    paired = load_paired(out)
+    assert sp.paired_table.rowCount() == len(paired) == 2
+    sp.heat_mode.setCurrentIndex(sp.heat_mode.findData("paired"))
+    ph = sp.heatmap()
+    assert ph.rows == ["mono eng"] and ph.cols == ["eng_Latn", "fra_Latn"]
+    assert ph.values[0] == [pytest.approx(r["difference"]) for r in paired]
+    for t, r in zip(sp._texts, paired):
+        assert t.textItem.toPlainText().endswith("*") == (not (r["ci_low"] <= 0 <= r["ci_high"]))
 
     # resume: one more calibration source runs only the new cell
     sp.editor.setPlainText(study_text(model, data, out, cal + [{"kind": "monolingual", "lang": "fra_Latn"}]))

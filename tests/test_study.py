@@ -127,6 +127,16 @@ def test_study_stop_resume_tables_and_dense_weights(tmp_path, tiny, monkeypatch)
     ms = load_masks(out / "cells" / res.cells[0].id / "masks.safetensors")
     assert ms.sparsity() == pytest.approx(0.5)
 
+    # perplexity rows carry bootstrap intervals around their value; every cell has paired rows
+    assert all(r["ci_low"] < r["value"] < r["ci_high"] for r in rows)
+    paired = S.load_paired(out)
+    assert len(paired) == 3 * 2
+    for r in paired:
+        mine = next(x for x in rows if x["cell"] == r["cell"] and x["language"] == r["language"])
+        ref = next(x for x in rows if x["cell"] == res.cells[0].id and x["language"] == r["language"])
+        assert r["difference"] == pytest.approx(mine["value"] - ref["value"])
+        assert r["ci_low"] <= r["difference"] <= r["ci_high"]
+
     # 3) a third run does nothing (no pruning, no evaluation)
     prunes["n"] = 0
     ev3 = Counter()
@@ -240,3 +250,50 @@ def test_study_on_shared_flores(tmp_path, tiny, data_dir):
     hm = S.heatmap_table(res.rows, "perplexity", include_dense=True)
     assert hm.rows == ["dense", "mono swh", "mix eng50 swh50"]
     assert all(v is not None for row in hm.values for v in row)
+
+
+def naive_bootstrap(stat, n, iters, seed):
+    """Reference: resample item indices one resample at a time."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(iters, n))
+    return np.array([stat(i) for i in idx])
+
+
+def test_paired_difference_matches_a_naive_bootstrap():
+    import numpy as np
+    rng = np.random.default_rng(1)
+    a = (rng.random(60) < 0.55).astype(int).tolist()
+    b = [x if rng.random() < 0.8 else 1 - x for x in a]  # mostly the same items right
+    diff, lo, hi = S.paired_difference({"correct": a}, {"correct": b}, iters=500, seed=7)
+    assert diff == pytest.approx(np.mean(a) - np.mean(b))
+    boots = naive_bootstrap(lambda i: np.mean(np.array(a)[i]) - np.mean(np.array(b)[i]), 60, 500, 7)
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(boots, [0.025, 0.975])))
+    # paired intervals are narrower than the difference of independent intervals would suggest
+    unpaired = naive_bootstrap(lambda i: np.mean(np.array(a)[i]), 60, 500, 8) - \
+        naive_bootstrap(lambda i: np.mean(np.array(b)[i]), 60, 500, 9)
+    assert hi - lo < np.subtract(*np.quantile(unpaired, [0.975, 0.025]))
+
+    nll_a, nll_b = rng.random(30) * 40 + 10, rng.random(30) * 40 + 12
+    tok = rng.integers(5, 30, size=30)
+    diff, lo, hi = S.paired_difference({"nll": nll_a.tolist(), "tokens": tok.tolist()},
+                                       {"nll": nll_b.tolist(), "tokens": tok.tolist()}, iters=300, seed=3)
+    assert diff == pytest.approx(np.exp(nll_a.sum() / tok.sum()) - np.exp(nll_b.sum() / tok.sum()))
+    boots = naive_bootstrap(lambda i: np.exp(nll_a[i].sum() / tok[i].sum()) - np.exp(nll_b[i].sum() / tok[i].sum()),
+                            30, 300, 3)
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(boots, [0.025, 0.975])))
+    with pytest.raises(ValueError, match="different item counts"):
+        S.paired_difference({"correct": [1, 0]}, {"correct": [1]})
+    with pytest.raises(ValueError, match="different kinds"):
+        S.paired_difference({"correct": [1]}, {"nll": [1.0], "tokens": [1]})
+
+
+def test_perplexity_interval_matches_a_naive_bootstrap():
+    import numpy as np
+    from polyprune.evaluation import perplexity_ci
+    rng = np.random.default_rng(0)
+    nll, tok = rng.random(40) * 50, rng.integers(3, 40, size=40)
+    lo, hi = perplexity_ci(nll.tolist(), tok.tolist(), iters=400, seed=5)
+    boots = naive_bootstrap(lambda i: np.exp(nll[i].sum() / tok[i].sum()), 40, 400, 5)
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(boots, [0.025, 0.975])))
+    assert lo < np.exp(nll.sum() / tok.sum()) < hi

@@ -21,8 +21,8 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDia
                                QTableWidget, QTableWidgetItem, QTabWidget, QToolButton, QVBoxLayout, QWidget)
 
 from polyprune.errors import PolypruneError
-from polyprune.study import (StudyConfig, heatmap_table, load_agreement, load_rows, run_study, study_from_text,
-                             study_status)
+from polyprune.study import (HeatmapTable, StudyConfig, heatmap_table, load_agreement, load_paired, load_rows,
+                             run_study, study_from_text, study_status)
 
 from ..widgets import PlotBox, debounce, fmt_value, group, heading, help_label, monospace, plot_title, primary, \
     style_plot, write_csv
@@ -30,7 +30,10 @@ from ..widgets import PlotBox, debounce, fmt_value, group, heading, help_label, 
 TABLE_COLUMNS = ["Calibration", "Method", "Sparsity", "Task", "Language", "Metric", "Value", "95% CI", "n",
                  "Change vs dense"]
 TABLE_KEYS = ["calibration", "method", "sparsity", "task", "language", "metric", "value", "ci", "n", "delta"]
-MODES = [("value", "Value"), ("delta", "Change vs dense"), ("ratio", "Ratio to dense")]
+MODES = [("value", "Value"), ("delta", "Change vs dense"), ("ratio", "Ratio to dense"),
+         ("paired", "Difference from the reference (paired)")]
+PAIRED_COLUMNS = ["Calibration", "Method", "Sparsity", "Task", "Language", "Metric", "n", "Value", "Reference",
+                  "Difference", "95% CI (paired)"]
 # worse → neutral → better (a red-blue scale that stays readable for red-green colour blindness)
 HEAT_COLORS = [(178, 24, 43), (244, 165, 130), (247, 247, 247), (146, 197, 222), (33, 102, 172)]
 EXAMPLE = "calibration_language.yaml"
@@ -56,7 +59,7 @@ def heat_scores(values: list[list[float | None]], metric: str, mode: str, per_co
     Args:
         values: ``[n_calibrations][n_languages]`` (``None`` where missing).
         metric: decides the direction (perplexity: lower is better).
-        mode: ``value``, ``delta`` or ``ratio``.
+        mode: ``value``, ``delta``, ``ratio`` or ``paired`` (a difference, like ``delta``).
         per_column: scale each column separately.
 
     Returns:
@@ -66,7 +69,7 @@ def heat_scores(values: list[list[float | None]], metric: str, mode: str, per_co
     if a.size == 0:
         return a
     sign = -1.0 if lower_is_better(metric) else 1.0
-    neutral = {"delta": 0.0, "ratio": 1.0}.get(mode)
+    neutral = {"delta": 0.0, "ratio": 1.0, "paired": 0.0}.get(mode)
     good = sign * (a - (neutral if neutral is not None else 0.0))  # larger = better
 
     def scale(block: np.ndarray) -> np.ndarray:
@@ -102,6 +105,8 @@ class StudyPanel(QWidget):
         self.ctx = ctx
         self.rows: list[dict] = []
         self.agreement: list[dict] = []
+        self.paired: list[dict] = []
+        self._significant: list[list[bool]] = []
         self.folder: Path | None = None
         self.study_path: Path | None = None
         self._texts: list[pg.TextItem] = []
@@ -239,6 +244,24 @@ class StudyPanel(QWidget):
         agree_page = QWidget()
         agree_page.setLayout(a_lay)
 
+        self.paired_table = QTableWidget(0, len(PAIRED_COLUMNS))
+        self.paired_table.setHorizontalHeaderLabels(PAIRED_COLUMNS)
+        self.paired_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.paired_table.horizontalHeader().setStretchLastSection(True)
+        self.paired_table.verticalHeader().setVisible(False)
+        self.paired_table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.paired_table.setAlternatingRowColors(True)
+        self.paired_table.setToolTip("Each cell minus the reference cell on the same items, with a paired bootstrap "
+                                     "95% interval; bold where the interval excludes 0")
+        self.paired_label = QLabel("")
+        self.paired_label.setObjectName("help")
+        self.paired_label.setWordWrap(True)
+        p_lay = QVBoxLayout()
+        p_lay.addWidget(self.paired_label)
+        p_lay.addWidget(self.paired_table, 1)
+        paired_page = QWidget()
+        paired_page.setLayout(p_lay)
+
         for box in (self.heat_box, self.agree_box):
             box.saved.connect(lambda p: ctx.log(f"Saved plot {p}"))
             box.save_failed.connect(lambda pr, fx: ctx.error(pr, fx))
@@ -246,6 +269,7 @@ class StudyPanel(QWidget):
         self.views = QTabWidget()
         self.views.addTab(table_page, "Table")
         self.views.addTab(heat_page, "Heatmap")
+        self.views.addTab(paired_page, "Paired differences")
         self.views.addTab(agree_page, "Mask agreement")
         self.folder_label = QLabel("No study results shown yet")
         self.folder_label.setObjectName("help")
@@ -363,10 +387,12 @@ class StudyPanel(QWidget):
         folder = Path(folder).expanduser()
         self.rows = load_rows(folder)
         self.agreement = load_agreement(folder)
+        self.paired = load_paired(folder)
         self.folder = folder
         n_cells = len({r["cell"] for r in self.rows if r.get("cell") != "dense"})
         self.folder_label.setText(f"{folder} · {n_cells} finished cell(s), {len(self.rows)} results")
         self.fill_table()
+        self.fill_paired()
         self._fill_choices()
         self.draw_heatmap()
         self.draw_agreement()
@@ -395,6 +421,57 @@ class StudyPanel(QWidget):
                     item.setForeground(QBrush(green if better else red))
                 self.table.setItem(i, c, item)
 
+    def fill_paired(self) -> None:
+        """Show every cell's paired difference from the reference cell (bold where significant)."""
+        rows = self.paired
+        ref = rows[0]["reference"] if rows else None
+        self.paired_label.setText(
+            f"Each cell minus the reference cell <b>{_esc(ref)}</b>, on the same items; the interval resamples "
+            "items for both cells together, so it is much narrower than the two cells' own intervals. Bold: the "
+            "interval excludes 0." if rows else "Paired differences appear once the reference cell and another "
+            "cell are finished (studies keep each item's score).")
+        self.paired_label.setTextFormat(Qt.RichText)
+        self.paired_table.setRowCount(len(rows))
+        green, red = QColor("#2e7d32"), QColor("#c62828")
+        for i, r in enumerate(rows):
+            m = r["metric"]
+            sig = not (r["ci_low"] <= 0 <= r["ci_high"])
+            texts = [r["calibration"], r["method"], f"{r['sparsity']:g}", r["task"], r["language"], m, str(r["n"]),
+                     fmt_value(r["value"], m), fmt_value(r["reference_value"], m), _delta_text(r["difference"], m),
+                     f"[{_delta_text(r['ci_low'], m)}, {_delta_text(r['ci_high'], m)}]"]
+            for c, t in enumerate(texts):
+                item = QTableWidgetItem(t)
+                if c >= 6:
+                    item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+                if c >= 9:
+                    better = r["difference"] < 0 if lower_is_better(m) else r["difference"] > 0
+                    item.setForeground(QBrush(green if better else red))
+                    if sig:
+                        f = item.font()
+                        f.setBold(True)
+                        item.setFont(f)
+                self.paired_table.setItem(i, c, item)
+
+    def paired_heatmap(self, task: str, metric: str, method: str, s: float) -> HeatmapTable:
+        """Calibration × language of the paired differences from the reference cell (sets the significance map).
+
+        Raises:
+            PolypruneError: no paired rows for this choice.
+        """
+        sel = [r for r in self.paired if r["task"] == task and r["metric"] == metric and r["method"] == method
+               and abs(r["sparsity"] - s) < 1e-12]
+        if not sel:
+            raise PolypruneError("No paired differences for this result",
+                                 "they need the reference cell and item scores (studies run with this version)")
+        rows = list(dict.fromkeys(r["calibration"] for r in sel))
+        cols = list(dict.fromkeys(r["language"] for r in sel))
+        grid = {(r["calibration"], r["language"]): r for r in sel}
+        values = [[grid[(c, lang)]["difference"] if (c, lang) in grid else None for lang in cols] for c in rows]
+        self._significant = [[(c, lang) in grid and not (grid[(c, lang)]["ci_low"] <= 0 <= grid[(c, lang)]["ci_high"])
+                              for lang in cols] for c in rows]
+        return HeatmapTable(rows, cols, values, f"{metric} ({task}) — {method} at {s:g}, paired difference from "
+                                                f"{sel[0]['reference']}")
+
     def table_values(self) -> list[dict]:
         """The table's raw values, row by row (for tests)."""
         return [{k: self.table.item(i, c).data(Qt.UserRole) for c, k in enumerate(TABLE_KEYS)}
@@ -420,6 +497,9 @@ class StudyPanel(QWidget):
             return None
         task, metric, method, s = choice
         mode = self.heat_mode.currentData()
+        self._significant = []
+        if mode == "paired":
+            return self.paired_heatmap(task, metric, method, s)
         return heatmap_table(self.rows, metric, task, method, s, mode, include_dense=(mode == "value"))
 
     def draw_heatmap(self) -> None:
@@ -452,7 +532,9 @@ class StudyPanel(QWidget):
         self.heat_img.setRect(0, 0, len(table.cols), len(table.rows))
         for i, row in enumerate(table.values):
             for j, v in enumerate(row):
-                text = "–" if v is None else _cell_text(v, metric, mode)
+                text = "–" if v is None else _cell_text(v, metric, "delta" if mode == "paired" else mode)
+                if self._significant and self._significant[i][j]:
+                    text += " *"
                 dark = ok[i, j] and abs(scores[i, j] - 0.5) > 0.38
                 item = pg.TextItem(text, color="#ffffff" if dark else "#111111", anchor=(0.5, 0.5))
                 item.setPos(j + 0.5, i + 0.5)
@@ -464,6 +546,8 @@ class StudyPanel(QWidget):
         plot.setYRange(0, len(table.rows), padding=0.02)
         better = "lower is better" if lower_is_better(metric) else "higher is better"
         what = dict(MODES)[mode].lower()
+        if mode == "paired" and self.paired:
+            what = f"minus {self.paired[0]['reference']} (* paired 95% interval excludes 0)"
         plot.setTitle(plot_title(f"{task} {metric}: calibration × evaluation language",
                                  f"{method} at sparsity {s:g} · {what} · {better}"))
 
