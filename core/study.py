@@ -386,18 +386,24 @@ def load_rows(out: str | Path) -> list[dict]:
     return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def load_agreement(out: str | Path) -> list[dict]:
-    """Rows of ``mask_agreement.csv`` (``agreement`` as float, ``block`` as int), or ``[]``."""
-    p = Path(out).expanduser() / "mask_agreement.csv"
+def _read_table(out: str | Path, name: str, floats: tuple[str, ...], ints: tuple[str, ...]) -> list[dict]:
+    """Rows of the CSV ``name`` in a study folder with the given columns converted, or ``[]``."""
+    p = Path(out).expanduser() / name
     if not p.is_file():
         return []
     with open(p, encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
     for r in rows:
-        r["agreement"] = float(r["agreement"])
-        r["sparsity"] = float(r["sparsity"])
-        r["block"] = int(r["block"]) if r["block"] not in ("", None) else None
+        for k in floats:
+            r[k] = float(r[k])
+        for k in ints:
+            r[k] = int(r[k]) if r[k] not in ("", None) else None
     return rows
+
+
+def load_agreement(out: str | Path) -> list[dict]:
+    """Rows of ``mask_agreement.csv`` (``agreement`` as float, ``block`` as int), or ``[]``."""
+    return _read_table(out, "mask_agreement.csv", ("agreement", "sparsity"), ("block",))
 
 
 @dataclass
@@ -676,17 +682,9 @@ def paired_rows(out: Path, cells: list[Cell], ref: Cell, done: set[str] | None =
 
 
 def load_paired(out: str | Path) -> list[dict]:
-    """Rows of ``paired.csv`` (numbers as floats), or ``[]``."""
-    p = Path(out).expanduser() / "paired.csv"
-    if not p.is_file():
-        return []
-    with open(p, encoding="utf-8", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    for r in rows:
-        for k in ("sparsity", "value", "reference_value", "difference", "ci_low", "ci_high"):
-            r[k] = float(r[k])
-        r["n"] = int(r["n"])
-    return rows
+    """Rows of ``paired.csv`` (numbers as floats, ``n`` as int), or ``[]``."""
+    return _read_table(out, "paired.csv", ("sparsity", "value", "reference_value", "difference", "ci_low", "ci_high"),
+                       ("n",))
 
 
 def _write_paired(out: Path, rows: list[dict]) -> None:
@@ -808,7 +806,7 @@ def study_from_text(text: str, where: str = "study") -> StudyConfig:
 
 def _run_cells(cfg, cells, todo, ev, eval_sig, out, done, progress, log, loaded, evaluate_fn, dense_rows) -> list[str]:
     from .masks import model_signature, save_masks
-    from .models import default_device, find_blocks, load_model
+    from .models import default_device, load_model
     from .owl import outlier_ratios
     from .pruning import selected_modules
 

@@ -9,8 +9,9 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QStringListModel, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFont
-from PySide6.QtWidgets import (QComboBox, QCompleter, QFileDialog, QFrame, QGroupBox, QHBoxLayout, QLabel,
-                               QPushButton, QSizePolicy, QToolButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QCompleter, QFileDialog, QFrame, QGroupBox, QHBoxLayout,
+                               QHeaderView, QLabel, QPushButton, QSizePolicy, QTableWidget, QToolButton, QVBoxLayout,
+                               QWidget)
 
 from polyprune.errors import PolypruneError
 from polyprune.languages import FLORES_LANGUAGES, display_label, resolve_language, search_languages
@@ -348,6 +349,20 @@ class PlotBox(QWidget):
             self.save_failed.emit(e.problem, e.fix or "")
         except Exception as e:  # noqa: BLE001 - an exporter error must not crash the window
             self.save_failed.emit(f"Could not save the plot: {e}", "try the other format (PNG or SVG)")
+
+
+def results_table(columns: Sequence[str], tooltip: str = "") -> QTableWidget:
+    """A read-only table for results: header sized to contents, last column stretched, alternating rows."""
+    t = QTableWidget(0, len(columns))
+    t.setHorizontalHeaderLabels(list(columns))
+    t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+    t.horizontalHeader().setStretchLastSection(True)
+    t.verticalHeader().setVisible(False)
+    t.setEditTriggers(QAbstractItemView.NoEditTriggers)
+    t.setAlternatingRowColors(True)
+    if tooltip:
+        t.setToolTip(tooltip)
+    return t
 
 
 def bar_colors() -> tuple[QColor, QColor]:

@@ -13,9 +13,9 @@ pytest.importorskip("pytestqt")
 pytest.importorskip("pyqtgraph")
 
 from PySide6.QtCore import QSettings  # noqa: E402
-from PySide6.QtWidgets import QMessageBox  # noqa: E402
 
 from conftest import save_tiny  # noqa: E402
+from test_gui import win  # noqa: E402,F401 - the window fixture
 from test_study import small_flores  # noqa: E402
 from polyprune.gui.main_window import MainWindow  # noqa: E402
 from polyprune.gui.panels.study_panel import example_study_text, heat_scores  # noqa: E402
@@ -23,21 +23,6 @@ from polyprune.study import (heatmap_table, load_agreement, load_paired, load_ro
                              study_status)
 
 LONG = 60000
-
-
-@pytest.fixture
-def win(qtbot, tmp_path):
-    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
-    w = MainWindow(settings=settings, restore=False)
-    qtbot.addWidget(w)
-    w.show()
-    qtbot.waitExposed(w)
-    yield w
-    w.runner.cancel_all()
-    w.runner.wait(LONG)
-    qtbot.waitUntil(lambda: not w.runner.active_jobs(), timeout=LONG)
-    for box in w.findChildren(QMessageBox):
-        box.close()
 
 
 def study_text(model: Path, data: Path, out: Path, calibration: list[dict]) -> str:

@@ -22,7 +22,7 @@ from polyprune.recipe import EvalConfig, Recipe, default_data_dir
 
 from ..state import EvalState, eval_key
 from ..widgets import (GLOSSARY, LanguagePicker, PlotBox, bar_colors, fmt_value, group, heading, help_label,
-                       plot_title, primary, style_plot, write_csv)
+                       plot_title, primary, results_table, style_plot, write_csv)
 
 FLORES_TO_XNLI = {TASK_TO_FLORES[x]: x for x in XNLI_LANGUAGES}
 RESULT_COLUMNS = ["Task", "Language", "Metric", "Examples", "Dense", "Pruned", "Change"]
@@ -119,14 +119,7 @@ class EvaluationPanel(QWidget):
         left.addLayout(form)
         left.addLayout(btns)
 
-        self.table = QTableWidget(0, len(RESULT_COLUMNS))
-        self.table.setHorizontalHeaderLabels(RESULT_COLUMNS)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
-        self.table.horizontalHeader().setStretchLastSection(True)
-        self.table.verticalHeader().setVisible(False)
-        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.table.setAlternatingRowColors(True)
-        self.table.setToolTip("Change = pruned − dense. Perplexity: lower is better; accuracy: higher is better")
+        self.table = results_table(RESULT_COLUMNS, "Change = pruned − dense. Perplexity: lower is better; accuracy: higher is better")
 
         self.ppl_box = PlotBox("eval_perplexity")
         style_plot(self.ppl_box.plot, "FLORES perplexity", "perplexity", "language")

@@ -16,16 +16,16 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QObject, Qt, Signal, Slot
 from PySide6.QtGui import QBrush, QColor
-from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout,
-                               QHeaderView, QLabel, QLineEdit, QPlainTextEdit, QPushButton, QSplitter,
-                               QTableWidget, QTableWidgetItem, QTabWidget, QToolButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
+                               QPlainTextEdit, QPushButton, QSplitter, QTableWidgetItem, QTabWidget, QToolButton,
+                               QVBoxLayout, QWidget)
 
 from polyprune.errors import PolypruneError
 from polyprune.study import (HeatmapTable, StudyConfig, heatmap_table, load_agreement, load_paired, load_rows,
                              run_study, study_from_text, study_status)
 
-from ..widgets import PlotBox, debounce, fmt_value, group, heading, help_label, monospace, plot_title, primary, \
-    style_plot, write_csv
+from ..widgets import (PlotBox, debounce, fmt_value, group, heading, help_label, monospace, plot_title, primary,
+                       results_table, style_plot, write_csv)
 
 TABLE_COLUMNS = ["Calibration", "Method", "Sparsity", "Task", "Language", "Metric", "Value", "95% CI", "n",
                  "Change vs dense"]
@@ -175,15 +175,7 @@ class StudyPanel(QWidget):
         left.addLayout(run_row)
 
         # --- results ----------------------------------------------------------------------
-        self.table = QTableWidget(0, len(TABLE_COLUMNS))
-        self.table.setHorizontalHeaderLabels(TABLE_COLUMNS)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
-        self.table.horizontalHeader().setStretchLastSection(True)
-        self.table.verticalHeader().setVisible(False)
-        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.table.setAlternatingRowColors(True)
-        self.table.setSortingEnabled(False)
-        self.table.setToolTip("One row per cell, task, language and metric; the dense model first. "
+        self.table = results_table(TABLE_COLUMNS, "One row per cell, task, language and metric; the dense model first. "
                               "Change = cell − dense: perplexity lower is better, accuracy higher is better")
         self.csv_btn = QPushButton("Save table (CSV)…")
         self.csv_btn.clicked.connect(self._save_csv)
@@ -244,14 +236,7 @@ class StudyPanel(QWidget):
         agree_page = QWidget()
         agree_page.setLayout(a_lay)
 
-        self.paired_table = QTableWidget(0, len(PAIRED_COLUMNS))
-        self.paired_table.setHorizontalHeaderLabels(PAIRED_COLUMNS)
-        self.paired_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
-        self.paired_table.horizontalHeader().setStretchLastSection(True)
-        self.paired_table.verticalHeader().setVisible(False)
-        self.paired_table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.paired_table.setAlternatingRowColors(True)
-        self.paired_table.setToolTip("Each cell minus the reference cell on the same items, with a paired bootstrap "
+        self.paired_table = results_table(PAIRED_COLUMNS, "Each cell minus the reference cell on the same items, with a paired bootstrap "
                                      "95% interval; bold where the interval excludes 0")
         self.paired_label = QLabel("")
         self.paired_label.setObjectName("help")
