@@ -349,7 +349,7 @@ class MainWindow(QMainWindow):
     def show_study(self, folder: str | Path) -> None:
         """Show a study folder's results in the Studies panel (a dialog explains a folder without any)."""
         try:
-            self.study_panel.show_folder(folder)
+            self.study_panel.show_folder(folder, load_study=True)
         except PolypruneError as e:
             self.error(e.problem, e.fix or "")
             return

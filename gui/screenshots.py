@@ -136,7 +136,8 @@ class ScreenshotRun(QObject):
     def _shots(self) -> None:
         win = self.win
         if self.study:  # the Studies panel shows a finished study (running one here would take too long)
-            win.study_panel.show_folder(self.study)
+            win.study_panel.show_folder(self.study, load_study=True)
+            win.study_panel.views.setCurrentIndex(1)  # the calibration x language heatmap
         tabs = win.tabs
         shots = list(zip(win.panels, SHOT_NAMES))
 

@@ -102,6 +102,13 @@ def test_run_show_resume(qtbot, win, tmp_path):
     assert len(sp.table_values()) == 8
     assert len(sp.agree_box.plot.listDataItems()) == 2
 
+    # showing the folder in a fresh panel puts its study in the editor: Run would resume it
+    sp.editor.setPlainText("model: demo\n")
+    win.show_study(out)
+    assert win.tabs.currentWidget() is sp and sp.out.text() == str(out)
+    assert study_from_text(sp.editor.toPlainText()).calibration[-1]["lang"] == "fra_Latn"
+    assert "3 finished, 0 to run" in sp.plan_label.text()
+
     # plots save as PNG
     assert sp.heat_box.save_to(tmp_path / "heat.png").stat().st_size > 0
     assert sp.agree_box.save_to(tmp_path / "agree.png").stat().st_size > 0

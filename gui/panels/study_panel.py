@@ -363,14 +363,33 @@ class StudyPanel(QWidget):
             except PolypruneError:
                 pass
 
-    def show_folder(self, folder: str | Path) -> None:
-        """Load and show the tables of a study folder (``results.jsonl``, ``mask_agreement.csv``).
+    def show_folder(self, folder: str | Path, load_study: bool = False) -> None:
+        """Load and show the tables of a study folder (``results.jsonl``, ``paired.csv``,
+        ``mask_agreement.csv``).
+
+        Args:
+            folder: the study's output folder.
+            load_study: also put the folder's study (``study.json``) in the editor and the folder in
+                the output field, so that Run resumes exactly that study.
 
         Raises:
             PolypruneError: the folder holds no study results.
         """
         folder = Path(folder).expanduser()
         self.rows = load_rows(folder)
+        if load_study and (folder / "study.json").is_file():
+            import json
+            import yaml
+            try:
+                cfg = json.loads((folder / "study.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                cfg = None
+            if isinstance(cfg, dict):
+                cfg.pop("out", None)
+                self.editor.setPlainText(f"# the study of {folder}\n"
+                                         + yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+                self.out.setText(str(folder))
+                self.update_plan()
         self.agreement = load_agreement(folder)
         self.paired = load_paired(folder)
         self.folder = folder
@@ -627,7 +646,7 @@ class StudyPanel(QWidget):
         path = QFileDialog.getExistingDirectory(self, "Study folder (with results.jsonl)", self.out.text())
         if path:
             try:
-                self.show_folder(path)
+                self.show_folder(path, load_study=True)
             except PolypruneError as e:
                 self.ctx.error(e.problem, e.fix or "")
 
