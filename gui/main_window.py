@@ -1,4 +1,4 @@
-"""The main window: six panels in workflow order, a log and progress dock, menus and shortcuts."""
+"""The main window: seven panels in workflow order, a log and progress dock, menus and shortcuts."""
 from __future__ import annotations
 
 import html
