@@ -1,1 +1,1 @@
-"""The six panels of the main window, in workflow order."""
+"""The seven panels of the main window, in workflow order."""
