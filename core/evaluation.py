@@ -16,7 +16,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
@@ -492,39 +492,55 @@ def xnli_requests(doc: dict, lang: str, tokenizer) -> list[tuple[list[int], list
     return out
 
 
-def _read_xnli(path: Path, limit: int | None) -> list[dict]:
-    docs = []
+def iter_jsonl(path: Path, what: str = "row") -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, object)`` for each non-blank line of a JSON Lines file.
+
+    Raises:
+        PolypruneError: missing file, a line that is not valid JSON or not a JSON object, or a
+            file without any row (file and line are named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PolypruneError(f"File not found: {path}", f"give a JSON Lines file with one {what} per line")
+    any_row = False
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
-            if limit is not None and len(docs) >= limit:
-                break
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise PolypruneError(f"{path}, line {lineno}: not valid JSON ({exc.msg})",
-                                     "each line must be one JSON object with premise, "
-                                     "hypothesis and label") from None
+                                     f"each line must be one JSON object ({what})") from None
             if not isinstance(row, dict):
                 raise PolypruneError(f"{path}, line {lineno}: not a JSON object",
-                                     "each line must be one JSON object with premise, "
-                                     "hypothesis and label")
-            for fld in ("premise", "hypothesis"):
-                if not isinstance(row.get(fld), str):
-                    raise PolypruneError(
-                        f"{path}, line {lineno}: field {fld!r} is missing or not a string",
-                        "each row needs string fields premise and hypothesis")
-            label = row.get("label")
-            if isinstance(label, str) and label.strip().isdigit():
-                label = int(label)
-            if isinstance(label, bool) or not isinstance(label, int) or label not in (0, 1, 2):
+                                     f"each line must be one JSON object ({what})")
+            any_row = True
+            yield lineno, row
+    if not any_row:
+        raise PolypruneError(f"{path} is empty: no rows", f"the file needs one JSON object per line ({what})")
+
+
+def _read_xnli(path: Path, limit: int | None) -> list[dict]:
+    docs = []
+    for lineno, row in iter_jsonl(path, "premise, hypothesis and label"):
+        if limit is not None and len(docs) >= limit:
+            break
+        for fld in ("premise", "hypothesis"):
+            if not isinstance(row.get(fld), str):
                 raise PolypruneError(
-                    f"{path}, line {lineno}: field 'label' is {row.get('label')!r}, "
-                    "not 0, 1 or 2",
-                    "labels must be 0 (entailment), 1 (neutral) or 2 (contradiction)")
-            docs.append({"premise": row["premise"], "hypothesis": row["hypothesis"],
-                         "label": label})
+                    f"{path}, line {lineno}: field {fld!r} is missing or not a string",
+                    "each row needs string fields premise and hypothesis")
+        label = row.get("label")
+        if isinstance(label, str) and label.strip().isdigit():
+            label = int(label)
+        if isinstance(label, bool) or not isinstance(label, int) or label not in (0, 1, 2):
+            raise PolypruneError(
+                f"{path}, line {lineno}: field 'label' is {row.get('label')!r}, "
+                "not 0, 1 or 2",
+                "labels must be 0 (entailment), 1 (neutral) or 2 (contradiction)")
+        docs.append({"premise": row["premise"], "hypothesis": row["hypothesis"],
+                     "label": label})
     return docs
 
 

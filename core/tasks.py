@@ -51,7 +51,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .errors import Cancelled, PolypruneError
-from .evaluation import XNLI_WORDS, _lcp, _prefix_id, flores_perplexity, loglikelihoods, xnli_requests
+from .evaluation import (XNLI_WORDS, _lcp, _prefix_id, flores_perplexity, iter_jsonl, loglikelihoods,
+                         xnli_requests)
 from .progress import Progress, ensure
 from .results import Result, from_eval_record, new_run_id
 
@@ -211,35 +212,6 @@ def _show(v) -> str:
 
 def _lower_first(text: str) -> str:
     return text[0].lower() + text[1:]
-
-
-def iter_jsonl(path: Path, what: str = "row") -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, object)`` for each non-blank line of a JSON Lines file.
-
-    Raises:
-        PolypruneError: missing file, a line that is not valid JSON or not a JSON object, or a
-            file without any row (file and line are named).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise PolypruneError(f"File not found: {path}", f"give a JSON Lines file with one {what} per line")
-    any_row = False
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PolypruneError(f"{path}, line {lineno}: not valid JSON ({exc.msg})",
-                                     f"each line must be one JSON object ({what})") from None
-            if not isinstance(row, dict):
-                raise PolypruneError(f"{path}, line {lineno}: not a JSON object",
-                                     f"each line must be one JSON object ({what})")
-            any_row = True
-            yield lineno, row
-    if not any_row:
-        raise PolypruneError(f"{path} is empty: no rows", f"the file needs one JSON object per line ({what})")
 
 
 # ------------------------------------------------------------------------------------------
