@@ -99,7 +99,8 @@ def check_target(out_dir: str | Path, source: str | Path | None, overwrite: bool
 
 
 def export(model, tokenizer, out_dir: str | Path, report: dict, *, source: str | Path | None = None,
-           overwrite: bool = False, progress: Progress | None = None) -> Path:
+           overwrite: bool = False, progress: Progress | None = None, extra_files: dict | None = None,
+           card_extra: str = "") -> Path:
     """Save the model (safetensors), tokenizer, model card and ``pruning_config.json`` atomically.
 
     Args:
@@ -108,6 +109,8 @@ def export(model, tokenizer, out_dir: str | Path, report: dict, *, source: str |
         out_dir: target folder (must not exist unless ``overwrite``).
         report: the run report (recipe, pruning summary, evaluation rows) for the card and config.
         source: the source model folder, which is never written to.
+        extra_files: further files of the export, ``{name: str | bytes}`` (e.g. ``removed_heads.json``).
+        card_extra: Markdown appended to the model card (a section of the feature that made the model).
 
     Raises:
         PolypruneError: a bad target (see :func:`check_target`) or a failed write (disk full,
@@ -126,7 +129,9 @@ def export(model, tokenizer, out_dir: str | Path, report: dict, *, source: str |
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         progress.update(1, 3, "Writing model card")
-        (tmp / CARD_NAME).write_text(model_card(report), encoding="utf-8")
+        (tmp / CARD_NAME).write_text(model_card(report) + (("\n" + card_extra) if card_extra else ""), encoding="utf-8")
+        for name, body in (extra_files or {}).items():
+            (tmp / name).write_bytes(body if isinstance(body, bytes) else str(body).encode("utf-8"))
         (tmp / CONFIG_NAME).write_text(json.dumps(report.get("recipe", {}) | {"report": _jsonable(report)},
                                                   indent=2, ensure_ascii=False, default=str), encoding="utf-8")
         progress.update(2, 3, "Moving into place")
