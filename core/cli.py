@@ -1,30 +1,78 @@
-"""The ``polyprune`` command line (Qt-free except ``polyprune gui``, which imports the GUI lazily).
+"""The ``polyprune`` command line: every command, one error handler.
 
-Commands: ``inspect`` (feature magnitudes), ``prune``, ``evaluate``, ``export``, ``run RECIPE``,
-``demo`` and ``gui``. Progress bars go to stderr; bad input prints one plain message and exits 2;
-Ctrl-C cancels cooperatively (the model is restored) and exits 130.
+Commands: ``prune``, ``inspect`` (feature magnitudes), ``evaluate``, ``export``, ``run RECIPE``,
+``study STUDY``, ``demo`` and ``gui``; feature packages add theirs through
+:data:`COMMAND_MODULES` (each has ``add_parsers(subparsers)``). Progress bars go to stderr.
+
+The error contract: every expected failure (bad input, a path that may not be written, missing
+data) prints one sentence naming the problem and one naming the fix, and exits 2 with no
+traceback; Ctrl-C cancels cooperatively (the model is restored, nothing is written) and exits 130;
+anything else is a bug: its traceback is printed and the exit status is 1.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
+import os
 import sys
+import traceback
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
 from .errors import Cancelled, PolypruneError
-from .progress import tqdm_progress as _progress
+from .progress import tqdm_progress
+from .recipe import METRICS, DemoConfig, EvalConfig, FeatureConfig, PruneConfig, Recipe
+
+#: Feature packages that add subcommands (module path, imported lazily to keep ``--help`` fast).
+COMMAND_MODULES: list[str] = []
+
+_D, _P, _E = DemoConfig(), PruneConfig(), EvalConfig()
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
-def _langs(text: str | None) -> list[str]:
+def split_list(text: str | None) -> list[str]:
+    """``"a, b"`` -> ``["a", "b"]``."""
     return [x.strip() for x in (text or "").split(",") if x.strip()]
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} is not a positive number (give 1 or more)")
+    return v
+
+
+def block_list(text: str | None) -> list[int]:
+    """``"0, 3-5"`` -> ``[0, 3, 4, 5]``.
+
+    Raises:
+        PolypruneError: not a list of block numbers.
+    """
+    out: list[int] = []
+    for part in split_list((text or "").replace(";", ",")):
+        try:
+            if "-" in part[1:]:
+                a, b = (int(x) for x in part.split("-", 1))
+                out.extend(range(a, b + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise PolypruneError(f"'{part}' is not a block number",
+                                 "list block numbers separated by commas, with ranges like 3-5 (0 is the first block)") from None
+    return sorted(set(out))
+
+
+# --------------------------------------------------------------------------------------------
+# arguments
+# --------------------------------------------------------------------------------------------
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="demo", help="'demo', a local Hugging Face folder, a .gguf file or a hub id")
@@ -35,16 +83,16 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def add_demo_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("calibration data (translation demonstrations)")
-    g.add_argument("--demos", default="builtin", help="builtin, flores:DIR, hub[:DATASET] or file:PATH")
-    g.add_argument("--src", default="eng_Latn", help="source language (FLORES code, name or 2-letter code)")
-    g.add_argument("--tgt", default="fra_Latn", help="target language")
-    g.add_argument("--direction", default="forward", choices=["forward", "reverse", "both"])
-    g.add_argument("--shots", type=int, default=4, help="sentence pairs per sample")
-    g.add_argument("--samples", type=int, default=32, help="number of calibration samples")
-    g.add_argument("--seq-len", type=int, default=256, help="calibration length in tokens")
+    g.add_argument("--demos", default=_D.source, help="builtin, flores:DIR, hub[:DATASET] or file:PATH")
+    g.add_argument("--src", default=_D.src, help="source language (FLORES code, name or 2-letter code)")
+    g.add_argument("--tgt", default=_D.tgt, help="target language")
+    g.add_argument("--direction", default=_D.direction, choices=["forward", "reverse", "both"])
+    g.add_argument("--shots", type=int, default=_D.shots, help="sentence pairs per sample")
+    g.add_argument("--samples", type=int, default=_D.samples, help="number of calibration samples")
+    g.add_argument("--seq-len", type=int, default=_D.seq_len, help="calibration length in tokens")
     g.add_argument("--template", default=None, help="per-pair template with {src_name} {src} {tgt_name} {tgt} {eos}")
     g.add_argument("--monolingual", action="store_true", help="source side only")
-    g.add_argument("--split", default="dev", help="FLORES split for demonstrations")
+    g.add_argument("--split", default=_D.split, help="FLORES split for demonstrations")
     g.add_argument("--shuffle", action="store_true", help="draw pairs in a seeded random order")
     g.add_argument("--src-column", default=None)
     g.add_argument("--tgt-column", default=None)
@@ -56,34 +104,34 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-ppl", default=None, metavar="LANGS", help="FLORES devtest perplexity, e.g. eng_Latn,fra_Latn")
     g.add_argument("--eval-xnli", default=None, metavar="LANGS", help="zero-shot XNLI, e.g. en,fr,sw")
-    g.add_argument("--limit", type=int, default=None, help="first N examples per language (zero-shot tasks)")
-    g.add_argument("--ppl-limit", type=int, default=None, help="first N FLORES sentences per language (default: all)")
+    g.add_argument("--limit", type=positive_int, default=None, help="first N examples per language (zero-shot tasks)")
+    g.add_argument("--ppl-limit", type=positive_int, default=None,
+                   help="first N FLORES sentences per language (default: all)")
     g.add_argument("--data", default=None, help="folder with flores200/ and xnli/ (default: $POLYPRUNE_DATA or ../shared/data)")
-    g.add_argument("--eval-batch-size", type=int, default=16)
+    g.add_argument("--eval-batch-size", type=positive_int, default=_E.batch_size)
     g.add_argument("--no-dense-eval", action="store_true", help="skip evaluating the dense model first")
 
 
-def _recipe_from_args(a) -> "Recipe":
-    from .demos import DEFAULT_TEMPLATE, DemoConfig
+def recipe_from_args(a) -> Recipe:
+    """The :class:`Recipe` of ``prune``/``inspect`` arguments (defaults from the dataclasses)."""
     from .models import default_device
-    from .pruning import PruneConfig
-    from .recipe import EvalConfig, FeatureConfig, Recipe
 
     demos = DemoConfig(source=a.demos, src=a.src, tgt=a.tgt, direction=a.direction, shots=a.shots,
-                       samples=a.samples, seq_len=a.seq_len, template=a.template or DEFAULT_TEMPLATE,
+                       samples=a.samples, seq_len=a.seq_len, template=a.template or _D.template,
                        monolingual=a.monolingual, split=a.split, shuffle=a.shuffle,
                        seed=getattr(a, "seed", 0), src_column=a.src_column, tgt_column=a.tgt_column)
-    pruning = PruneConfig(method=getattr(a, "method", "wanda"), sparsity=getattr(a, "sparsity", 0.5),
-                          pattern=getattr(a, "pattern", "unstructured"), group=getattr(a, "group", "row"),
-                          skip=_langs(getattr(a, "skip", None)),
-                          skip_blocks=[int(x) for x in _langs(getattr(a, "skip_blocks", None))],
-                          batch_size=getattr(a, "batch_size", 8), damping=getattr(a, "damping", 0.01),
-                          blocksize=getattr(a, "blocksize", 128), layerwise=getattr(a, "layerwise", "uniform"),
-                          owl_m=getattr(a, "owl_m", 5.0), owl_lambda=getattr(a, "owl_lambda", 0.08))
-    ev = EvalConfig(ppl=_langs(getattr(a, "eval_ppl", None)), xnli=_langs(getattr(a, "eval_xnli", None)),
+    pruning = PruneConfig(method=getattr(a, "method", _P.method), sparsity=getattr(a, "sparsity", _P.sparsity),
+                          pattern=getattr(a, "pattern", _P.pattern), group=getattr(a, "group", _P.group),
+                          skip=split_list(getattr(a, "skip", None)),
+                          skip_blocks=block_list(getattr(a, "skip_blocks", None)),
+                          batch_size=getattr(a, "batch_size", _P.batch_size), damping=getattr(a, "damping", _P.damping),
+                          blocksize=getattr(a, "blocksize", _P.blocksize),
+                          layerwise=getattr(a, "layerwise", _P.layerwise),
+                          owl_m=getattr(a, "owl_m", _P.owl_m), owl_lambda=getattr(a, "owl_lambda", _P.owl_lambda))
+    ev = EvalConfig(ppl=split_list(getattr(a, "eval_ppl", None)), xnli=split_list(getattr(a, "eval_xnli", None)),
                     limit=getattr(a, "limit", None), ppl_limit=getattr(a, "ppl_limit", None),
-                    data=getattr(a, "data", None),
-                    batch_size=getattr(a, "eval_batch_size", 16), dense=not getattr(a, "no_dense_eval", False))
+                    data=getattr(a, "data", None), batch_size=getattr(a, "eval_batch_size", _E.batch_size),
+                    dense=not getattr(a, "no_dense_eval", False))
     return Recipe(model=a.model, device=a.device or default_device(), dtype=a.dtype,
                   trust_remote_code=a.trust_remote_code, seed=getattr(a, "seed", 0), demos=demos,
                   calibration_text=a.calibration_text, pruning=pruning,
@@ -92,98 +140,111 @@ def _recipe_from_args(a) -> "Recipe":
                   contrast={"kind": "text", "file": a.contrast_text} if getattr(a, "contrast_text", None) else None)
 
 
+# --------------------------------------------------------------------------------------------
+# commands
+# --------------------------------------------------------------------------------------------
 def _print_report(report: dict) -> None:
     rows = report.get("evaluation") or []
     if rows:
-        _log("\n{:<11} {:<9} {:<10} {:>10} {:>10} {:>9}".format("task", "language", "metric", "dense", "pruned", "delta"))
+        _log("\n{:<11} {:<9} {:<10} {:>6} {:>10} {:>10} {:>9}".format("task", "language", "metric", "n", "dense",
+                                                                     "pruned", "change"))
         for r in rows:
             f = lambda v: "" if v is None else f"{v:.4g}"  # noqa: E731
-            _log("{:<11} {:<9} {:<10} {:>10} {:>10} {:>9}".format(r["task"], r["language"], r["metric"],
-                                                                   f(r.get("dense")), f(r.get("pruned", r.get("value"))), f(r.get("delta"))))
+            _log("{:<11} {:<9} {:<10} {:>6} {:>10} {:>10} {:>9}".format(r["task"], r["language"], r["metric"], r["n"],
+                                                                       f(r.get("dense")), f(r.get("pruned")),
+                                                                       f(r.get("delta"))))
 
 
-def cmd_run(recipe, desc="polyprune") -> int:
+def cmd_run(recipe: Recipe, desc: str = "polyprune") -> int:
     from .pipeline import run
 
-    prog = _progress(desc)
+    prog = tqdm_progress(desc)
     try:
         report = run(recipe, prog, log=lambda m: prog.bar.write(m, file=sys.stderr))
     finally:
         prog.bar.close()
     _print_report(report)
     if recipe.out:
-        _log(f"\nWrote {Path(recipe.out) / 'report.json'} and recipe.yaml")
+        _log(f"\nWrote {Path(recipe.out).expanduser().resolve()} (report.json, recipe.yaml"
+             + (", the pruned model)" if recipe.export else ", masks)"))
     return 0
 
 
-def cmd_inspect(a) -> int:
-    from .features import overlap
-    from .models import load_model
-    from .pipeline import features_summary, inspect_features, versions, write_outputs
+def cmd_prune(a) -> int:
+    recipe = recipe_from_args(a)
+    recipe.export = not a.no_export
+    return cmd_run(recipe, "prune")
 
-    recipe = _recipe_from_args(a)
-    recipe.features.enabled = True
-    recipe.features.top_k = a.top_k
-    recipe.features.compare_monolingual = a.compare_monolingual
-    recipe.features.ratio = a.ratio
-    prog = _progress("inspect")
+
+def cmd_inspect(a) -> int:
+    from .fileio import check_output, output_folder, write_json
+    from .models import load_model
+    from .pipeline import calibration_report, features_summary, measure_features, monolingual_spec, versions
+    from .recipe import demos_spec
+
+    recipe = recipe_from_args(a)
+    recipe.features = FeatureConfig(enabled=True, top_k=a.top_k, compare_monolingual=a.compare_monolingual,
+                                    ratio=a.ratio, exclude_special=a.exclude_special)
+    recipe.demos.validate()
+    other = monolingual_spec(recipe) if a.compare_monolingual else None
+    if a.compare_src:
+        other = demos_spec(replace(recipe.demos, src=a.compare_src))
+    check_output(a.out, overwrite=a.overwrite, what="output folder")
+    prog = tqdm_progress("inspect")
     try:
         loaded = load_model(recipe.model, recipe.device, recipe.dtype, recipe.trust_remote_code, prog.sub(0, 0.3))
-        feats = inspect_features(loaded, recipe, prog.sub(0.3, 0.7))
-        other = None
-        if a.compare_src:
-            cal_b = replace(recipe, demos=replace(recipe.demos, src=a.compare_src))
-            other = inspect_features(loaded, cal_b, prog.sub(0.7, 1.0))["result"]
+        check_output(a.out, sources=[loaded.path], overwrite=a.overwrite, what="output folder")
+        run = measure_features(loaded, recipe.calibration_spec(), recipe.features, other, a.batch_size,
+                               prog.sub(0.3, 1.0))
     finally:
         prog.bar.close()
-    out = Path(a.out)
-    files = feats["result"].save(out / "features")
-    report = {"recipe": recipe.to_dict(), "model": loaded.info(), "versions": versions(),
-              "calibration": feats["calibration"].meta, "top": features_summary(feats["result"], a.top_k),
-              "files": [str(f) for f in files]}
-    if feats["mono"] is not None:
-        feats["mono"].save(out / "features_monolingual")
-        report["overlap_monolingual"] = feats["overlap"].tolist()
-    if other is not None:
-        other.save(out / f"features_{a.compare_src}")
-        report["overlap_compare_src"] = overlap(feats["result"].magnitudes, other.magnitudes, ratio=a.ratio).tolist()
-    write_outputs(out, recipe, report)
+    report = {"recipe": recipe.to_dict(), "model": loaded.info() | loaded.meta, "versions": versions(),
+              "calibration": calibration_report(run.calibration), "top": features_summary(run.result, a.top_k)}
+    key = "overlap_compare_src" if a.compare_src else "overlap_monolingual"
+    if run.overlap is not None:
+        report[key] = run.overlap.tolist()
+    with output_folder(a.out, kind="features", sources=[loaded.path], overwrite=a.overwrite) as tmp:
+        files = run.result.save(tmp / "features")
+        if run.other is not None:
+            run.other.save(tmp / ("features_" + (a.compare_src if a.compare_src else "monolingual")))
+        write_json(tmp / "report.json", report)
     for row in report["top"]:
         _log(f"layer {row['layer']:>2}: top dims {row['dims'][:8]} values {row['values'][:8]}")
-    if "overlap_monolingual" in report:
-        _log("overlap translation vs monolingual per layer: " + " ".join(f"{v:.2f}" for v in report["overlap_monolingual"]))
-    if "overlap_compare_src" in report:
-        _log(f"overlap {recipe.demos.src} vs {a.compare_src} per layer: " + " ".join(f"{v:.2f}" for v in report["overlap_compare_src"]))
-    _log(f"Wrote {', '.join(report['files'])} and {out / 'report.json'}")
+    if run.overlap is not None:
+        _log("overlap with the second setting per layer: " + " ".join(f"{v:.2f}" for v in run.overlap))
+    _log(f"Wrote {Path(a.out).resolve()} ({', '.join(f.name for f in files)}, report.json)")
     return 0
 
 
 def cmd_evaluate(a) -> int:
-    from .models import default_device, load_model
-    from .recipe import default_data_dir
-    from .results import save_results
-    from .tasks import evaluate_tasks
+    from .datasets import data_dir
+    from .evaluation import evaluate_tasks, save_results
+    from .fileio import check_output
+    from .models import load_model
 
-    tasks, langs = _langs(a.tasks), (_langs(a.languages) or None)
+    tasks, langs = split_list(a.tasks), (split_list(a.languages) or None)
     if a.eval_ppl or a.eval_xnli:  # the prune command's flags work here too
         per = {t: langs for t in tasks}
         if a.eval_ppl:
-            per["flores_ppl"] = _langs(a.eval_ppl)
+            per["flores_ppl"] = split_list(a.eval_ppl)
         if a.eval_xnli:
-            per["xnli"] = _langs(a.eval_xnli)
+            per["xnli"] = split_list(a.eval_xnli)
         tasks, langs = list(per), per
     if not tasks:
         raise PolypruneError("Nothing to evaluate",
                              "give --tasks (xnli,pawsx,xcopa,xstorycloze,xwinograd,flores_ppl,flores_mt) and --languages")
-    data = Path(a.data).expanduser() if a.data else default_data_dir()
-    if data is None or not data.is_dir():
-        raise PolypruneError("No evaluation data folder found",
-                             "give --data DIR (with xnli/, pawsx/, xcopa/, ..., flores200/) or set POLYPRUNE_DATA")
-    prog = _progress("evaluate")
+    data = data_dir(a.data)
+    if a.out:
+        check_output(a.out, sources=[a.model] if Path(a.model).expanduser().exists() else [], kind="file",
+                     overwrite=a.overwrite, what="results file")
+    prog = tqdm_progress("evaluate")
     try:
-        loaded = load_model(a.model, a.device or default_device(), a.dtype, a.trust_remote_code, prog.sub(0, 0.1))
+        loaded = load_model(a.model, a.device or _default_device(), a.dtype, a.trust_remote_code, prog.sub(0, 0.1))
+        if a.out:
+            check_output(a.out, sources=[loaded.path], kind="file", overwrite=a.overwrite, what="results file")
         results = evaluate_tasks(loaded.model, loaded.tokenizer, tasks, langs, data, split=a.split, limit=a.limit,
-                                 batch_size=a.eval_batch_size, metrics=_langs(a.metrics), bootstrap=a.bootstrap,
+                                 ppl_limit=a.ppl_limit if a.ppl_limit is not None else a.limit,
+                                 batch_size=a.eval_batch_size, metrics=split_list(a.metrics), bootstrap=a.bootstrap,
                                  seed=a.seed, progress=prog.sub(0.1, 1), on_error="record", model_name=a.model,
                                  translation={"shots": a.mt_shots, "max_new_tokens": a.max_new_tokens,
                                               "directions": a.mt_directions})
@@ -194,166 +255,249 @@ def cmd_evaluate(a) -> int:
         _log(f"{r.task:<12} {r.language:<18} ERROR {r.error}" if r.error else
              f"{r.task:<12} {r.language:<18} {r.metric:<14} {r.value:.4f}{ci}  (n={r.n})")
     if a.out:
-        _log(f"Wrote {save_results(results, a.out)}")
+        settings = {k: v for k, v in vars(a).items() if k not in ("func",)}
+        _log(f"Wrote {save_results(results, a.out, settings)}")
     return 1 if any(r.error for r in results) else 0
 
 
-def cmd_export(a) -> int:
-    from .export import check_target, export, reload_check
-    from .models import default_device, load_model
+def _default_device() -> str:
+    from .models import default_device
+    return default_device()
 
-    loaded_path = None if a.model == "demo" else a.model
-    check_target(a.out, loaded_path if loaded_path and Path(loaded_path).exists() else None, a.overwrite)
-    prog = _progress("export")
+
+def cmd_export(a) -> int:
+    from .export import export
+    from .fileio import check_output
+    from .masks import apply_masks, load_masks
+    from .models import load_model
+    from .pipeline import versions
+
+    check_output(a.out, sources=[a.model] if Path(a.model).expanduser().exists() else [], overwrite=a.overwrite,
+                 what="export folder")
+    masks = load_masks(a.masks) if a.masks else None
+    prog = tqdm_progress("export")
     try:
-        loaded = load_model(a.model, a.device or default_device(), a.dtype, a.trust_remote_code, prog.sub(0, 0.4))
-        check_target(a.out, loaded.path, a.overwrite)
-        report = {"model": loaded.info(), "pruning": {"config": {"method": "masks" if a.masks else "none"}}}
-        if a.masks:
-            from .masks import apply_masks, load_masks
-            ms = load_masks(a.masks)
-            apply_masks(loaded.model, ms)
-            report["pruning"]["overall_sparsity"] = ms.sparsity()
-        out = export(loaded.model, loaded.tokenizer, a.out, report, source=loaded.path, overwrite=a.overwrite,
-                     progress=prog.sub(0.4, 0.9))
-        diff = reload_check(loaded.model, out, loaded.tokenizer)
+        loaded = load_model(a.model, a.device or _default_device(), a.dtype, a.trust_remote_code, prog.sub(0, 0.4))
+        report = {"model": loaded.info() | loaded.meta, "versions": versions(),
+                  "pruning": {"config": {"method": "masks from " + Path(a.masks).name if a.masks else "none"}}}
+        records = None
+        if masks is not None:
+            records = apply_masks(loaded.model, masks)
+            report["pruning"]["overall_sparsity"] = masks.sparsity()
+        res = export(loaded.model, loaded.tokenizer, a.out, report, source=loaded.path, overwrite=a.overwrite,
+                     progress=prog.sub(0.4, 1.0), masks=records, mask_model_info=loaded.model)
     finally:
         prog.bar.close()
-    _log(f"Exported to {out}; reload check: largest logit difference {diff:.3g}")
+    _log(f"Exported to {res.path}; reload check: largest logit difference {res.reload_diff:.3g}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="polyprune", description="Prune and inspect multilingual LLMs with translation demonstrations.")
-    sub = ap.add_subparsers(dest="cmd")
+def cmd_recipe(a) -> int:
+    from .recipe import load_recipe
 
-    p = sub.add_parser("prune", help="prune a model (Wanda or magnitude) and export it")
-    add_model_args(p)
-    add_demo_args(p)
-    g = p.add_argument_group("pruning")
-    g.add_argument("--method", default="wanda", choices=["magnitude", "wanda", "sparsegpt", "wanda_refined"],
-                   help="wanda_refined: Kim et al.'s |W|*a/sqrt(b) with --contrast-text as the contrast set")
-    g.add_argument("--sparsity", type=float, default=0.5, help="share of weights removed per layer, in [0, 1)")
-    g.add_argument("--pattern", default="unstructured", help="unstructured, 2:4 or 4:8")
-    g.add_argument("--group", default="row", choices=["row", "layer"], help="comparison group for unstructured pruning")
-    g.add_argument("--skip", default=None, help="comma-separated glob patterns of modules to leave dense")
-    g.add_argument("--skip-blocks", default=None, help="comma-separated block indices to leave dense")
-    g.add_argument("--batch-size", type=int, default=8, help="calibration samples per forward pass")
-    g.add_argument("--damping", type=float, default=0.01, help="SparseGPT damping (share of the mean Hessian diagonal)")
-    g.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block size")
-    g.add_argument("--layerwise", default="uniform", choices=["uniform", "owl"], help="OWL outlier-weighted layer sparsities")
-    g.add_argument("--owl-m", type=float, default=5.0, help="OWL outlier threshold M (times the mean score)")
-    g.add_argument("--owl-lambda", type=float, default=0.08, help="OWL spread of layer sparsities (+/- lambda)")
-    g.add_argument("--contrast-text", default=None, metavar="FILE", help="contrast set for wanda_refined (one sample per line)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--features", action="store_true", help="also save feature magnitudes")
-    add_eval_args(p)
-    p.add_argument("--out", required=True, help="export folder (must not exist unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--no-export", action="store_true", help="write only the report, not the pruned model")
+    path = a.recipe if a.cmd == "run" else demo_recipe_path()
+    recipe = load_recipe(path, trust_remote_code=getattr(a, "trust_remote_code", False))
+    if getattr(recipe, "requested_trust_remote_code", False) and not recipe.trust_remote_code:
+        _log("Note: the recipe asks for trust_remote_code; a recipe file cannot switch it on. "
+             "Pass --trust-remote-code if you trust the model's authors.")
+    if a.out:
+        recipe.out = str(Path(a.out).expanduser().resolve())
+    elif a.cmd == "demo":
+        recipe.out = str(fresh_folder(Path("runs") / "demo"))
+    recipe.overwrite = bool(a.overwrite)
+    return cmd_run(recipe, a.cmd)
 
-    p = sub.add_parser("inspect", help="measure large-magnitude features of demonstrations")
-    add_model_args(p)
-    add_demo_args(p)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--top-k", type=int, default=20)
-    p.add_argument("--compare-monolingual", action="store_true", help="also measure monolingual prompts and report the overlap")
-    p.add_argument("--compare-src", default=None, help="also measure with another source language and report the overlap")
-    p.add_argument("--ratio", type=float, default=0.4, help="share of dimensions compared in overlaps")
-    p.add_argument("--out", required=True, help="output folder")
 
-    p = sub.add_parser("evaluate", help="FLORES perplexity and zero-shot XNLI")
-    add_model_args(p)
-    add_eval_args(p)
-    p.add_argument("--tasks", default=None, help="comma-separated: xnli, pawsx, xcopa, xstorycloze, xwinograd, flores_ppl, flores_mt, or a custom task spec .json")
-    p.add_argument("--languages", default=None, help="languages for --tasks (default: every language with a file)")
-    p.add_argument("--split", default=None, help="task split (default: test for xnli/xcopa/xwinograd, dev for pawsx, eval for xstorycloze)")
-    p.add_argument("--metrics", default="acc,acc_norm", help="acc, acc_norm (by UTF-8 bytes), acc_norm_chars (the harness's), prompt_mean (Kim et al.)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% confidence intervals")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mt-shots", type=int, default=4, help="flores_mt: demonstrations per prompt")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="flores_mt: greedy decoding length")
-    p.add_argument("--mt-directions", default="both", choices=["both", "xx-en", "en-xx"])
-    p.add_argument("--out", default=None, help="write results as JSON (or CSV by suffix)")
+def fresh_folder(base: Path) -> Path:
+    """``base`` when it does not exist, else ``base-2``, ``base-3``, ... (never an existing folder)."""
+    if not base.exists():
+        return base.resolve()
+    k = 2
+    while Path(f"{base}-{k}").exists():
+        k += 1
+    return Path(f"{base}-{k}").resolve()
 
-    p = sub.add_parser("export", help="export a model (optionally with a saved mask set applied)")
-    add_model_args(p)
-    p.add_argument("--masks", default=None, help="masks.safetensors written by 'polyprune prune'")
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
 
-    p = sub.add_parser("run", help="run a recipe (JSON or YAML)")
-    p.add_argument("recipe")
-    p.add_argument("--out", default=None, help="override the recipe's output folder")
-    p.add_argument("--overwrite", action="store_true")
+def cmd_study(a) -> int:
+    from .study import load_agreement, load_paired, load_rows, load_study, print_summary, run_study
 
-    sub.add_parser("study", help="calibration sources x methods x sparsities: polyprune study RECIPE [--out DIR]", add_help=False)
+    if a.show:
+        folder = Path(a.study)
+        if folder.is_file():
+            folder = Path(a.out or load_study(folder).out)
+        print_summary(load_rows(folder), load_agreement(folder), paired=load_paired(folder))
+        return 0
+    cfg = load_study(a.study)
+    if a.out:
+        cfg.out = a.out
+    if a.device:
+        cfg.device = a.device
+    prog = tqdm_progress("study")
+    try:
+        res = run_study(cfg, prog, log=lambda m: prog.bar.write(m, file=sys.stderr))
+    finally:
+        prog.bar.close()
+    print_summary(res.rows, res.agreement, paired=res.paired)
+    _log(f"\nWrote {res.out / 'results.csv'}, {res.out / 'results.jsonl'}, {res.out / 'paired.csv'} and "
+         f"{res.out / 'mask_agreement.csv'}")
+    return 0
 
-    p = sub.add_parser("demo", help="run the built-in demo recipe headless (demo model, built-in demonstrations)")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--overwrite", action="store_true", default=True)
 
-    p = sub.add_parser("gui", help="open the desktop application")
-    p.add_argument("--model", default=None, help="model to load at start ('demo' for the demo model)")
-    p.add_argument("--screenshots", default=None, metavar="DIR", help="run the workflow with small settings, save one PNG per panel and exit")
-    p.add_argument("--study", default=None, metavar="DIR", help="show the results of a study folder in the Studies panel")
-    return ap
+def cmd_gui(a) -> int:
+    try:  # imported lazily: the core never needs Qt widgets
+        from polyprune.gui.app import launch
+    except ImportError as e:
+        raise PolypruneError(f"The desktop application is not available ({e})",
+                             "install the GUI dependencies (pip install PySide6-Essentials pyqtgraph) or use the "
+                             "subcommands, see polyprune --help") from e
+    return launch(getattr(a, "model", None), getattr(a, "screenshots", None), getattr(a, "study", None))
 
 
 def demo_recipe_path() -> Path:
     return Path(str(resources.files("polyprune.resources") / "demo_recipe.yaml"))
 
 
+# --------------------------------------------------------------------------------------------
+# parser
+# --------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="polyprune",
+                                 description="Prune, inspect and slim multilingual LLMs with translation demonstrations.")
+    sub = ap.add_subparsers(dest="cmd")
+
+    p = sub.add_parser("prune", help="prune a model (Wanda, SparseGPT, magnitude, refined metric) and export it")
+    add_model_args(p)
+    add_demo_args(p)
+    g = p.add_argument_group("pruning")
+    g.add_argument("--method", default=_P.method, choices=["magnitude", "wanda", "sparsegpt", "wanda_refined"],
+                   help="wanda_refined: Kim et al.'s |W|*a/sqrt(b) with --contrast-text as the contrast set")
+    g.add_argument("--sparsity", type=float, default=_P.sparsity, help="share of weights removed per layer, in [0, 1)")
+    g.add_argument("--pattern", default=_P.pattern, help="unstructured, 2:4 or 4:8")
+    g.add_argument("--group", default=_P.group, choices=["row", "layer"], help="comparison group for unstructured pruning")
+    g.add_argument("--skip", default=None, help="comma-separated glob patterns of modules to leave dense")
+    g.add_argument("--skip-blocks", default=None, help="comma-separated block indices (0 = first) to leave dense")
+    g.add_argument("--batch-size", type=positive_int, default=_P.batch_size, help="calibration samples per forward pass")
+    g.add_argument("--damping", type=float, default=_P.damping, help="SparseGPT damping (share of the mean Hessian diagonal)")
+    g.add_argument("--blocksize", type=positive_int, default=_P.blocksize, help="SparseGPT column block size")
+    g.add_argument("--layerwise", default=_P.layerwise, choices=["uniform", "owl"], help="OWL outlier-weighted layer sparsities")
+    g.add_argument("--owl-m", type=float, default=_P.owl_m, help="OWL outlier threshold M (times the mean score)")
+    g.add_argument("--owl-lambda", type=float, default=_P.owl_lambda, help="OWL spread of layer sparsities (+/- lambda)")
+    g.add_argument("--contrast-text", default=None, metavar="FILE", help="contrast set for wanda_refined (one sample per line)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--features", action="store_true", help="also save feature magnitudes")
+    add_eval_args(p)
+    p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder that Polyprune wrote")
+    p.add_argument("--no-export", action="store_true", help="write only the report, recipe and masks, not the pruned model")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("inspect", help="measure large-magnitude features of demonstrations")
+    add_model_args(p)
+    add_demo_args(p)
+    p.add_argument("--batch-size", type=positive_int, default=_P.batch_size)
+    p.add_argument("--top-k", type=positive_int, default=FeatureConfig().top_k)
+    p.add_argument("--compare-monolingual", action="store_true", help="also measure monolingual prompts and report the overlap")
+    p.add_argument("--compare-src", default=None, help="also measure with another source language and report the overlap")
+    p.add_argument("--ratio", type=float, default=FeatureConfig().ratio, help="share of dimensions compared in overlaps")
+    p.add_argument("--exclude-special", action="store_true", help="leave special tokens (BOS, EOS) out of the statistics")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder that Polyprune wrote")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("evaluate", help="zero-shot tasks, FLORES perplexity and translation")
+    add_model_args(p)
+    add_eval_args(p)
+    p.add_argument("--tasks", default=None, help="comma-separated: xnli, pawsx, xcopa, xstorycloze, xwinograd, flores_ppl, flores_mt, or a custom task spec .json")
+    p.add_argument("--languages", default=None, help="languages for --tasks (default: every language with a file)")
+    p.add_argument("--split", default=None, help="task split (default: test for xnli/xcopa/xwinograd, dev for pawsx, eval for xstorycloze)")
+    p.add_argument("--metrics", default=",".join(_E.metrics),
+                   help=f"{', '.join(METRICS)}: acc_norm by characters and acc_bytes by bytes, as lm-evaluation-harness; "
+                        "prompt_mean is Kim et al.'s")
+    p.add_argument("--bootstrap", type=int, default=_E.bootstrap, help="bootstrap resamples for 95%% confidence intervals")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mt-shots", type=int, default=4, help="flores_mt: demonstrations per prompt")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="flores_mt: greedy decoding length")
+    p.add_argument("--mt-directions", default="both", choices=["both", "xx-en", "en-xx"])
+    p.add_argument("--out", default=None, help="write results as JSON (or CSV by suffix)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing results file that Polyprune wrote")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="export a model (optionally with a saved mask set applied)")
+    add_model_args(p)
+    p.add_argument("--masks", default=None, help="masks.safetensors written by 'polyprune prune'")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export that Polyprune wrote")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("run", help="run a recipe (JSON or YAML)")
+    p.add_argument("recipe")
+    p.add_argument("--out", default=None, help="override the recipe's output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder that Polyprune wrote")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow model code shipped with the checkpoint (a recipe file cannot switch this on)")
+    p.set_defaults(func=cmd_recipe)
+
+    p = sub.add_parser("study", help="calibration sources x methods x sparsities: polyprune study STUDY [--out DIR]")
+    p.add_argument("study", help="study file (YAML or JSON), or a study folder with --show")
+    p.add_argument("--out", default=None, help="override the study's output folder")
+    p.add_argument("--device", default=None, help="cpu, cuda[:N] or mps")
+    p.add_argument("--show", action="store_true", help="only print the tables of an existing study folder")
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("demo", help="run the built-in demo recipe headless (demo model, built-in demonstrations)")
+    p.add_argument("--out", default=None, help="output folder (default: a new folder runs/demo, runs/demo-2, ...)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder that Polyprune wrote")
+    p.set_defaults(func=cmd_recipe)
+
+    p = sub.add_parser("gui", help="open the desktop application")
+    p.add_argument("--model", default=None, help="model to load at start ('demo' for the demo model)")
+    p.add_argument("--screenshots", default=None, metavar="DIR",
+                   help="run the workflow with the defaults a new user gets, save one PNG per panel and exit")
+    p.add_argument("--study", default=None, metavar="DIR", help="show the results of a study folder in the Studies panel")
+    p.set_defaults(func=cmd_gui)
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parsers(sub)
+    return ap
+
+
+def report_error(e: PolypruneError) -> None:
+    """Print a user error as the error contract says (one line problem, one line fix)."""
+    print(f"\npolyprune: error: {e.problem}", file=sys.stderr)
+    if e.fix:
+        print(f"  fix: {e.fix}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    import os
+    """Run a command; return the exit status (0 done, 1 bug, 2 bad input, 130 cancelled)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:  # our own progress bar replaces transformers' per-step bars
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
-    except Exception:
+    except Exception:  # noqa: BLE001 - logging set-up is optional
         pass
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["study"]:
-        from .study import study_main  # reports its own errors and cancellation
-        return study_main(argv[1:])
-    ap = build_parser()
-    a = ap.parse_args(argv)
+    a = build_parser().parse_args(argv)
     try:
-        if a.cmd is None or a.cmd == "gui":
-            try:  # imported lazily: the core never needs Qt widgets
-                from polyprune.gui.app import launch
-            except ImportError as e:
-                raise PolypruneError(f"The desktop application is not available ({e})",
-                                     "install the GUI dependencies (pip install PySide6-Essentials pyqtgraph) or use the subcommands, see polyprune --help") from e
-            return launch(getattr(a, "model", None), getattr(a, "screenshots", None), getattr(a, "study", None))
-        if a.cmd == "prune":
-            recipe = _recipe_from_args(a)
-            recipe.export = not a.no_export
-            return cmd_run(recipe, "prune")
-        if a.cmd == "inspect":
-            return cmd_inspect(a)
-        if a.cmd == "evaluate":
-            return cmd_evaluate(a)
-        if a.cmd == "export":
-            return cmd_export(a)
-        if a.cmd in ("run", "demo"):
-            from .recipe import load_recipe
-            recipe = load_recipe(a.recipe if a.cmd == "run" else demo_recipe_path())
-            if a.out:
-                recipe.out = a.out
-            if a.overwrite:
-                recipe.overwrite = True
-            return cmd_run(recipe, a.cmd)
+        if a.cmd is None:
+            return cmd_gui(a)
+        return a.func(a)
     except PolypruneError as e:
-        print(f"\npolyprune: error: {e.problem}", file=sys.stderr)
-        if e.fix:
-            print(f"  fix: {e.fix}", file=sys.stderr)
+        report_error(e)
         return 2
     except (Cancelled, KeyboardInterrupt):
-        print("\npolyprune: cancelled; the model was left as it was", file=sys.stderr)
+        print("\npolyprune: cancelled; the model was left as it was and nothing was written", file=sys.stderr)
         return 130
-    return 0
+    except MemoryError:
+        print("\npolyprune: error: out of memory\n  fix: use fewer samples, a shorter calibration length or a smaller "
+              "batch size", file=sys.stderr)
+        return 2
+    except Exception:  # noqa: BLE001 - a bug: show it so it can be reported
+        traceback.print_exc()
+        print("\npolyprune: this is a bug in Polyprune (the traceback above has the details); please report it",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

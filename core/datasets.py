@@ -128,7 +128,7 @@ def read_flores(root: str | Path, code: str, split: str = "dev", limit: int | No
     if limit is not None:
         lines = lines[:limit]
     if not any(s.strip() for s in lines):
-        raise PolypruneError(f"FLORES file {f} has no sentences", "check the file, or use a positive limit")
+        raise PolypruneError(f"FLORES file {f} is empty (no sentences)", "check the file, or use a positive limit")
     return lines
 
 

@@ -1,21 +1,28 @@
-"""Exporting a pruned model: safetensors + tokenizer + model card + ``pruning_config.json``.
+"""Exporting a model: safetensors + tokenizer + model card + ``pruning_config.json`` + report,
+recipe and masks, as one folder that appears whole or not at all.
 
-The export is atomic: everything is written into a temporary folder next to the target, which is
-renamed into place only when complete, so a failed write never leaves a half-written folder. The
-source checkpoint is never written to, and an existing folder is replaced only when asked.
+Everything is assembled in a temporary folder beside the target (:func:`polyprune.fileio.output_folder`),
+the export is reloaded with stock ``AutoModelForCausalLM.from_pretrained`` and compared with the
+model in memory, and only then is the folder renamed into place. A failed, cancelled or killed
+export leaves nothing at the target; the source checkpoint is never written to; an existing folder
+is replaced only when it is a Polyprune output and the user asked to replace it. A model with
+non-finite weights is not exported (the module is named).
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
+from transformers import AutoModelForCausalLM
 
 from .errors import PolypruneError
+from .fileio import dumps, output_folder
+from .masks import save_masks
 from .progress import Progress, ensure
+from .recipe import save_recipe
 
 CARD_NAME = "README.md"
 CONFIG_NAME = "pruning_config.json"
@@ -33,7 +40,8 @@ def model_card(report: dict) -> str:
     lines = [
         "---",
         "tags: [pruned, polyprune, " + str(cfg.get("method", "")) + "]",
-        f"base_model: {report.get('model', {}).get('spec', '')}",
+        f"base_model: {report.get('model', {}).get('base_model') or report.get('model', {}).get('spec', '')}",
+        *([f"license: {report['model']['license']}"] if report.get("model", {}).get("license") else []),
         "---",
         f"# {report.get('model', {}).get('name', 'Model')} — pruned with Polyprune",
         "",
@@ -55,7 +63,8 @@ def model_card(report: dict) -> str:
     if cal:
         kind = cal.get("kind")
         if kind == "text":
-            data = f"raw text lines from `{cal.get('file')}`"
+            data = (f"raw text lines from `{Path(str(cal.get('file'))).name}` ({cal.get('bytes')} bytes, "
+                    f"sha256 {str(cal.get('sha256'))[:16]}…)")
         else:
             data = (f"{kind} demonstrations ({cal.get('src')} → {cal.get('tgt')}, direction {cal.get('direction')}, "
                     f"{cal.get('shots')} shots) from `{cal.get('source')}` split {cal.get('split')}")
@@ -74,97 +83,144 @@ def model_card(report: dict) -> str:
     if ms:
         lines += ["", "## Measured sparsity per module", "", "| module | sparsity |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in ms.items()]
-    lines += ["", "## Reproduce", "", "`pruning_config.json` holds every setting; run it again with",
-              "`polyprune run pruning_config.json`.", ""]
+    lines += ["", "## Reproduce", "", "`recipe.yaml` holds every setting; run it again with",
+              "`polyprune run recipe.yaml --out NEW_FOLDER`.", ""]
+    notice = report.get("model", {}).get("notice")
+    if notice:
+        lines += ["## License", "", notice, ""]
     return "\n".join(lines)
 
 
-def check_target(out_dir: str | Path, source: str | Path | None, overwrite: bool = False) -> Path:
-    """Validate an export folder before any work is done.
+#: Largest logit difference accepted by the reload check, by the model's dtype (float32 reloads
+#: exactly; half precisions may round differently in another process).
+RELOAD_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
+
+
+@dataclass
+class ExportResult:
+    """Where an export went and how its reload check came out (largest ``|Δlogit|``, ``None`` when
+    not checked)."""
+
+    path: Path
+    reload_diff: float | None
+
+
+def check_finite(model) -> None:
+    """Refuse a model whose weights hold NaN or infinity.
 
     Raises:
-        PolypruneError: target equals (or lies inside) the source model folder, or exists and
-            ``overwrite`` is false.
+        PolypruneError: naming the first parameter that is not finite.
     """
-    out = Path(out_dir).expanduser().resolve()
-    if source is not None:
-        src = Path(source).expanduser().resolve()
-        if out == src or src in out.parents or out in src.parents:
-            raise PolypruneError(f"The export folder {out} would overwrite the source model {src}",
-                                 "choose a new folder for the pruned model; the source checkpoint is never modified")
-    if out.exists() and not overwrite:
-        raise PolypruneError(f"The export folder {out} already exists",
-                             "choose a new folder, or pass --overwrite to replace it")
-    return out
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+                raise PolypruneError(f"The model's weights {name} hold NaN or infinite values, so the export would be broken",
+                                     "check the source checkpoint (it may be damaged) and the settings that produced "
+                                     "this model; nothing was written")
 
 
 def export(model, tokenizer, out_dir: str | Path, report: dict, *, source: str | Path | None = None,
            overwrite: bool = False, progress: Progress | None = None, extra_files: dict | None = None,
-           card_extra: str = "") -> Path:
-    """Save the model (safetensors), tokenizer, model card and ``pruning_config.json`` atomically.
+           card_extra: str = "", recipe=None, masks=None, mask_model_info=None, check: bool = True,
+           log: Callable[[str], None] | None = None, replace_hint: str = "pass --overwrite",
+           write_more: Callable[[Path], object] | None = None) -> ExportResult:
+    """Write a checkpoint folder: weights (safetensors), tokenizer, model card, ``pruning_config.json``,
+    ``report.json``, ``recipe.yaml`` and ``masks.safetensors`` (when given), atomically.
 
     Args:
-        model: the pruned causal LM.
+        model: the causal LM to save (as it is in memory).
         tokenizer: its tokenizer.
-        out_dir: target folder (must not exist unless ``overwrite``).
-        report: the run report (recipe, pruning summary, evaluation rows) for the card and config.
+        out_dir: target folder (see :func:`polyprune.fileio.check_output` for what may be replaced).
+        report: the run report (recipe, model, pruning summary, evaluation rows) for the card, the
+            config and ``report.json``; ``report["export"]`` is filled in.
         source: the source model folder, which is never written to.
-        extra_files: further files of the export, ``{name: str | bytes}`` (e.g. ``removed_heads.json``).
+        extra_files: further files, ``{name: str | bytes}`` (e.g. ``removed_heads.json``).
         card_extra: Markdown appended to the model card (a section of the feature that made the model).
+        recipe: a :class:`~polyprune.recipe.Recipe` written as ``recipe.yaml`` (with ``out`` cleared,
+            so it replays into a new folder).
+        masks: a mask set (``PruneResult`` or records) written as ``masks.safetensors``.
+        mask_model_info: the model (or its signature) recorded in the mask file.
+        check: reload the written folder and compare its logits with ``model`` before it is moved
+            into place (:data:`RELOAD_TOLERANCE`).
+        write_more: called with the temporary folder to add further files (e.g. feature magnitudes).
+
+    Returns:
+        :class:`ExportResult`.
 
     Raises:
-        PolypruneError: a bad target (see :func:`check_target`) or a failed write (disk full,
-            permissions); in that case nothing is left behind.
+        PolypruneError: a bad target, non-finite weights, a failed write (disk full, permissions),
+            or a reload that differs; in every case nothing is left at the target.
+        Cancelled: through ``progress``; nothing is left at the target.
     """
     progress = ensure(progress)
-    out = check_target(out_dir, source, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        progress.update(0, 3, f"Writing weights to {out}")
+    check_finite(model)
+    diff = None
+    with output_folder(out_dir, kind="export", sources=[source], overwrite=overwrite, what="export folder",
+                       replace_hint=replace_hint, log=log) as tmp:
+        out = Path(out_dir).expanduser().resolve()
+        progress.update(0, 4, f"Writing weights for {out}")
         if getattr(model, "hf_quantizer", None) is not None:  # de-quantised GGUF: plain weights now
             model.hf_quantizer = None
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        progress.update(1, 3, "Writing model card")
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        except (OSError, RuntimeError) as e:
+            raise PolypruneError(f"Export to {out} failed while writing the weights: {e}",
+                                 "check free disk space and write permission; nothing was written") from e
+        progress.update(1, 4, "Writing model card, recipe and masks")
+        _write_common(tmp, report, recipe, masks, mask_model_info, extra_files, write_more)
+        if check:
+            progress.update(2, 4, "Reloading the export to check it")
+            diff = reload_check(model, tmp, tokenizer)
+            dtype = next(model.parameters()).dtype
+            tol = RELOAD_TOLERANCE.get(dtype, 1e-2)
+            if not math.isfinite(diff) or diff > tol:
+                raise PolypruneError(f"The export does not reload as the model in memory (largest logit difference "
+                                     f"{diff:.3g}, tolerance {tol:g})",
+                                     "this is unexpected: keep the log and report it; nothing was written")
+        report["export"] = {"path": str(out), "reload_max_abs_logit_diff": diff}
         (tmp / CARD_NAME).write_text(model_card(report) + (("\n" + card_extra) if card_extra else ""), encoding="utf-8")
-        for name, body in (extra_files or {}).items():
-            (tmp / name).write_bytes(body if isinstance(body, bytes) else str(body).encode("utf-8"))
-        (tmp / CONFIG_NAME).write_text(json.dumps(report.get("recipe", {}) | {"report": _jsonable(report)},
-                                                  indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-        progress.update(2, 3, "Moving into place")
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "x")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except PolypruneError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    except (OSError, RuntimeError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise PolypruneError(f"Export to {out} failed: {e}", "check free disk space and write permission; nothing was written") from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    progress.update(3, 3, f"Exported to {out}")
-    return out
+        clean = {k: v for k, v in report.items() if not k.startswith("_")}
+        (tmp / CONFIG_NAME).write_text(dumps((report.get("recipe") or {}) | {"report": {k: v for k, v in clean.items()
+                                                                                       if k != "recipe"}}), encoding="utf-8")
+        (tmp / "report.json").write_text(dumps(clean), encoding="utf-8")
+        progress.update(3, 4, "Moving into place")
+    progress.update(4, 4, f"Exported to {out}")
+    return ExportResult(out, diff)
 
 
-def _jsonable(report: dict) -> dict:
-    return json.loads(json.dumps({k: v for k, v in report.items() if k != "recipe"}, default=str))
+def _write_common(tmp: Path, report: dict, recipe, masks, mask_model_info, extra_files, write_more) -> None:
+    for name, body in (extra_files or {}).items():
+        (tmp / name).write_bytes(body if isinstance(body, bytes) else str(body).encode("utf-8"))
+    if masks is not None:
+        save_masks(masks, tmp / "masks.safetensors", mask_model_info)
+        report["masks"] = "masks.safetensors"
+    if recipe is not None:
+        save_recipe(replace(recipe, out=None, overwrite=False), tmp / "recipe.yaml")
+    if write_more is not None:
+        write_more(tmp)
+
+
+def write_report_folder(out_dir: str | Path, report: dict, *, recipe=None, masks=None, mask_model_info=None,
+                        source: str | Path | None = None, overwrite: bool = False,
+                        log: Callable[[str], None] | None = None,
+                        write_more: Callable[[Path], object] | None = None) -> Path:
+    """A run's outputs without the weights (``--no-export``): ``report.json``, ``recipe.yaml`` and
+    ``masks.safetensors``, under the same rules as :func:`export`."""
+    with output_folder(out_dir, kind="report", sources=[source], overwrite=overwrite, what="output folder",
+                       log=log) as tmp:
+        _write_common(tmp, report, recipe, masks, mask_model_info, None, write_more)
+        (tmp / "report.json").write_text(dumps({k: v for k, v in report.items() if not k.startswith("_")}),
+                                         encoding="utf-8")
+    return Path(out_dir).expanduser().resolve()
 
 
 @torch.inference_mode()
 def reload_check(model, out_dir: str | Path, tokenizer, text: str = "Polyprune checks the export: Bonjour, habari, 你好.") -> float:
     """Reload the export with ``AutoModelForCausalLM.from_pretrained`` and return the largest
     absolute logit difference against ``model`` on ``text`` (0.0 means identical)."""
-    from transformers import AutoModelForCausalLM
-
     dev = next(model.parameters()).device
     reloaded = AutoModelForCausalLM.from_pretrained(str(out_dir), dtype=next(model.parameters()).dtype).to(dev).eval()
     ids = tokenizer(text, return_tensors="pt")["input_ids"].to(dev)

@@ -21,11 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .blockwise import attach_stats
-from .demos import CalibrationSet
+from .calibration import CalibrationSet
 from .errors import PolypruneError
-from .models import all_prunable
+from .evaluation.engine import special_ids
+from .fileio import atomic_path, write_json
+from .models import all_prunable, base_model
 from .progress import Progress, ensure
+from .pruning.wanda import attach as attach_column_stats
 
 
 @dataclass
@@ -51,24 +53,32 @@ class FeatureResult:
         return self.magnitudes.shape[0]
 
     def save(self, path: str | Path) -> list[Path]:
-        """Write ``<path>.npz`` (all arrays + settings JSON) and ``<path>.csv`` (layer, dim, value)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        stem = path.with_suffix("")
+        """Write ``<path>.npz`` (all arrays + settings JSON), ``<path>.csv`` (columns ``layer``,
+        ``dimension``, ``magnitude``; ``pandas.read_csv`` reads it as is) and the settings as
+        ``<path>.json`` beside them, each atomically. Layer 0 is the embedding output, layer l the
+        output of block l (counted from 1; the last includes the final norm)."""
+        stem = Path(path).with_suffix("")
         npz = stem.with_suffix(".npz")
         arrays = {"magnitudes": self.magnitudes, "top_values": self.top_values, "top_tokens": self.top_tokens,
                   "settings": np.array(json.dumps(self.settings, default=str))}
         arrays.update({f"colnorm::{k}": v for k, v in self.column_norms.items()})
-        np.savez_compressed(npz, **arrays)
+        with atomic_path(npz) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
         csv_path = stem.with_suffix(".csv")
-        with csv_path.open("w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["# " + json.dumps(self.settings, default=str)])
-            w.writerow(["layer", "dimension", "magnitude"])
-            for layer in range(self.magnitudes.shape[0]):
-                for dim, v in enumerate(self.magnitudes[layer]):
-                    w.writerow([layer, dim, f"{v:.6g}"])
-        return [npz, csv_path]
+        with atomic_path(csv_path) as tmp:
+            with tmp.open("w", newline="", encoding="utf-8") as f:
+                w = csv.writer(f)
+                w.writerow(["layer", "dimension", "magnitude"])
+                for layer in range(self.magnitudes.shape[0]):
+                    for dim, v in enumerate(self.magnitudes[layer]):
+                        w.writerow([layer, dim, f"{v:.6g}"])
+        settings = write_json(stem.with_suffix(".json"), {"settings": self.settings,
+                                                          "layers": "0 = embedding output, l = output of block l "
+                                                                    "(the last includes the final norm)",
+                                                          "unit": "L2 norm over a sample's tokens, averaged over samples"},
+                              kind="feature magnitudes")
+        return [npz, csv_path, settings]
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureResult":
@@ -108,7 +118,8 @@ def overlap(a: np.ndarray, b: np.ndarray, k: int | None = None, ratio: float | N
 
 @torch.inference_mode()
 def feature_magnitudes(model, calibration: CalibrationSet, batch_size: int = 8, top: int = 8,
-                       column_norms: bool = True, progress: Progress | None = None) -> FeatureResult:
+                       column_norms: bool = True, progress: Progress | None = None, tokenizer=None,
+                       exclude_special: bool = False) -> FeatureResult:
     """Measure :class:`FeatureResult` on the (dense or pruned) model as it is now.
 
     Runs ``model.base_model`` (no LM head) with ``output_hidden_states=True`` batch by batch.
@@ -119,32 +130,41 @@ def feature_magnitudes(model, calibration: CalibrationSet, batch_size: int = 8, 
         batch_size: samples per forward pass.
         top: how many top tokens to keep per layer and dimension.
         column_norms: also gather the Wanda input-column norms of every prunable linear.
+        tokenizer: the model's tokenizer; with it, special tokens (BOS, EOS, padding, ...) are left
+            out of the top-token lists, where they would crowd out every word (they carry the
+            largest activations of many models).
+        exclude_special: also leave special tokens out of the magnitudes and column norms
+            (recorded in ``settings["exclude_special"]``).
 
     Raises:
         Cancelled: through ``progress``.
     """
     progress = ensure(progress)
     device = next(model.parameters()).device
-    base = model.base_model if getattr(model, "base_model", None) is not None else model
+    base = base_model(model)
     n = len(calibration)
     mags = None
     top_v = top_i = None
     current_mask: list = [None]
-    stats, handles = (attach_stats(all_prunable(model), current_mask) if column_norms else ({}, []))
+    stats, handles = (attach_column_stats(all_prunable(model), current_mask) if column_norms else ({}, []))
+    special = torch.tensor(sorted(special_ids(tokenizer)) if tokenizer is not None else [], dtype=torch.long)
     offset = 0
     total = -(-n // batch_size)
     try:
         for b, (ids, att) in enumerate(calibration.batches(batch_size)):
             progress.update(b, total, f"Measuring features, batch {b + 1}/{total}")
             ids, att = ids.to(device), att.to(device)
-            current_mask[0] = att.bool()
+            words = att.bool() & ~torch.isin(ids, special.to(device))  # real, non-special tokens
+            stat_mask = words if exclude_special else att.bool()
+            current_mask[0] = stat_mask
             out = base(input_ids=ids, attention_mask=att, output_hidden_states=True, use_cache=False)
             hs = torch.stack([h.float() for h in out.hidden_states])  # [L+1, B, T, d]
-            m = att.float()[None, :, :, None]
+            m = stat_mask.float()[None, :, :, None]
             norms = ((hs * hs) * m).sum(2).sqrt().sum(1)  # [L+1, d], summed over samples
             mags = norms if mags is None else mags + norms
-            # top tokens: flatten (sample, position), masked positions get -1
-            absx = (hs.abs() * m - (1 - m)).permute(0, 3, 1, 2).reshape(hs.shape[0], hs.shape[3], -1)
+            # top tokens over words only: flatten (sample, position), other positions get -1
+            w = words.float()[None, :, :, None]
+            absx = (hs.abs() * w - (1 - w)).permute(0, 3, 1, 2).reshape(hs.shape[0], hs.shape[3], -1)
             kk = min(top, absx.shape[-1])
             v, i = absx.topk(kk, dim=-1)
             T = hs.shape[2]
@@ -162,7 +182,7 @@ def feature_magnitudes(model, calibration: CalibrationSet, batch_size: int = 8, 
             h.remove()
     cols = {k: (s.sumsq / n).sqrt().cpu().numpy() for k, s in stats.items()}
     return FeatureResult((mags / n).cpu().numpy(), cols, top_v.cpu().numpy(), top_i.cpu().numpy(),
-                         dict(calibration.meta, samples=n))
+                         dict(calibration.meta, samples=n, exclude_special=exclude_special))
 
 
 def token_contexts(result: FeatureResult, calibration: CalibrationSet, tokenizer, layer: int, dim: int,

@@ -262,7 +262,7 @@ def check_output(target: str | Path, *, sources: Iterable[str | Path | None] = (
             continue
         s = Path(src).expanduser().resolve()
         if _related(out, s) if kind == "folder" else (out == s or s in out.parents):
-            raise PolypruneError(f"The {what} {out} would write into the source {s}",
+            raise PolypruneError(f"The {what} {out} would overwrite the source {s} (or lie inside it)",
                                  f"choose a {what} outside {s}; the source is never modified")
     if out.exists() or out.is_symlink():
         is_dir = out.is_dir()

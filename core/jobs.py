@@ -5,8 +5,9 @@ A *job* runs ``fn(progress) -> result`` where ``progress`` is a :class:`polyprun
 thread; everything the job reports reaches the GUI thread through queued Qt signals, so slots and
 plain callables connected to a :class:`Job` or the :class:`JobRunner` always run in the GUI thread.
 
-* progress is throttled twice: by the core ``Progress`` and again here (20 Hz by default), so a
-  fast loop can never flood the event queue; the last update of a stage is always delivered;
+* progress is throttled once, by the core ``Progress`` (20 Hz by default), so a fast loop can
+  never flood the event queue; the last update of a stage is always delivered; a job's progress
+  goes to that job's own ``progress`` signal (and, for the model-changing job, to the runner's);
 * cancel is cooperative: :meth:`Job.cancel` sets the ``Progress`` flag and the core function stops
   at its next ``progress.check()`` (pruning then restores every weight before it stops);
 * errors are split for the user: a :class:`~polyprune.errors.PolypruneError` gives its ``problem``
@@ -21,7 +22,6 @@ so it can be tested and used without a display.
 """
 from __future__ import annotations
 
-import threading
 import time
 import traceback
 import warnings
@@ -62,20 +62,13 @@ class _Worker(QObject):
     cancelled = Signal()
     done = Signal()
 
-    def __init__(self, fn: JobFunction, prog: Progress, min_interval: float):
+    def __init__(self, fn: JobFunction, prog: Progress):
         super().__init__()
         self._fn = fn
         self._prog = prog
-        self._min_interval = min_interval
-        self._last = 0.0
-        self._lock = threading.Lock()
 
     def _report(self, fraction: float, message: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if fraction < 1.0 and now - self._last < self._min_interval:
-                return
-            self._last = now
+        # Progress already throttles (its min_interval); this only crosses into the GUI thread.
         self.progress.emit(float(fraction), str(message))
 
     @Slot()
@@ -136,7 +129,7 @@ class Job(QObject):
         self._progress = Progress(None, min_interval=min_interval)
         self._thread = QThread()
         self._thread.setObjectName(f"polyprune-job-{name}")
-        self._worker = _Worker(fn, self._progress, min_interval)
+        self._worker = _Worker(fn, self._progress)
         self._worker.moveToThread(self._thread)
         self._thread.started.connect(self._worker.run)
         self._worker.progress.connect(self._on_progress)

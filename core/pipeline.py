@@ -1,97 +1,184 @@
-"""The whole workflow as plain functions: ``run(recipe, progress) -> report``.
+"""The workflow as stage functions, and ``run(recipe, progress) -> report``.
 
-load model → build calibration data → (feature magnitudes) → (dense evaluation) → prune →
-(pruned evaluation) → export + reload check → ``report.json`` and ``recipe.yaml`` beside the
-outputs. The CLI and the GUI both drive these functions; nothing here imports Qt.
+Each *stage* is one call that the command line and the window both make, so neither composes core
+steps itself:
+
+* :func:`build_calibration` — the recipe's calibration set for a model's tokenizer;
+* :func:`measure_features` — feature magnitudes of a calibration setting (and of a second one, with
+  their overlap);
+* :func:`prune_model` — calibration (and contrast) set built, model pruned in place;
+* :func:`evaluate` — the model as it is; :func:`evaluate_variant` — a pruned model and, through an
+  exact dense view, the dense model (SparseGPT's updated weights given back bit for bit);
+* :func:`export_model` — the whole export folder, checked, moved into place last.
+
+:func:`run` chains them for a recipe: load → calibration → (features) → (dense evaluation) →
+prune → (pruned evaluation) → export, writing ``report.json`` and ``recipe.yaml`` beside the
+outputs. Nothing here imports Qt.
 """
 from __future__ import annotations
 
-import json
 import platform
-from dataclasses import replace
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
+import transformers
 
 from . import __version__
-from .demos import CalibrationSet, build_calibration
+from .calibration import CalibrationSet, build
+from .datasets import default_data_dir
 from .errors import PolypruneError
-from .evaluation import EvalRecord, compare, flores_perplexity, xnli_accuracy
-from .export import check_target, export, reload_check
+from .evaluation import Result, compare, evaluate as evaluate_config
+from .export import ExportResult, export, write_report_folder
 from .features import FeatureResult, feature_magnitudes, overlap, top_k
-from .models import LoadedModel, load_model
+from .fileio import check_output
+from .models import LoadedModel, find_blocks, load_model
 from .progress import Progress, ensure
-from .pruning import PruneResult, measured_sparsity, prune
-from .recipe import EvalConfig, Recipe, default_data_dir, save_recipe
+from .pruning import PruneResult, dense_view, prune
+from .recipe import EvalConfig, FeatureConfig, Recipe, demos_spec
 
 
 def versions() -> dict:
-    import transformers
+    """Versions of Polyprune, torch, transformers and Python (for reports)."""
     return {"polyprune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version()}
 
 
-def calibration_for(recipe: Recipe, loaded: LoadedModel) -> CalibrationSet:
-    """The recipe's calibration set (a calibration spec, demonstrations or raw text) for this model's tokenizer."""
-    if recipe.calibration:
-        from .calibration import build
-        return build(recipe.calibration, loaded.tokenizer, {"samples": recipe.demos.samples, "seq_len": recipe.demos.seq_len})
-    return build_calibration(recipe.demos, loaded.tokenizer, recipe.calibration_text)
-
-
-def _data_dir(cfg: EvalConfig) -> Path:
-    d = Path(cfg.data).expanduser() if cfg.data else default_data_dir()
-    if d is None or not d.is_dir():
-        raise PolypruneError("No evaluation data folder found" + (f" at {d}" if d else ""),
-                             "set evaluation.data (--data DIR) to a folder with flores200/ and xnli/, or set POLYPRUNE_DATA")
-    return d
-
-
-def evaluate(loaded: LoadedModel, cfg: EvalConfig, progress: Progress | None = None) -> list[EvalRecord]:
-    """FLORES perplexity and XNLI accuracy for the languages in ``cfg`` on the model as it is."""
+# --------------------------------------------------------------------------------------------
+# stages
+# --------------------------------------------------------------------------------------------
+def build_calibration(loaded: LoadedModel, spec: dict, progress: Progress | None = None) -> CalibrationSet:
+    """The calibration set of a spec (:func:`polyprune.calibration.build`) for the model's tokenizer."""
     progress = ensure(progress)
-    data = _data_dir(cfg)
-    records: list[EvalRecord] = []
-    n_ppl, n_x = len(cfg.ppl), len(cfg.xnli)
-    split = n_ppl / max(n_ppl + n_x, 1)
-    if cfg.ppl:
-        flores = data / "flores200" if (data / "flores200").is_dir() else data
-        records += flores_perplexity(loaded.model, loaded.tokenizer, flores, cfg.ppl, split=cfg.split,
-                                     limit=cfg.ppl_limit, batch_size=cfg.batch_size, progress=progress.sub(0, split),
-                                     bootstrap=cfg.bootstrap, item_scores=cfg.item_scores)
-    if cfg.xnli:
-        xdir = data / "xnli" if (data / "xnli").is_dir() else data
-        records += xnli_accuracy(loaded.model, loaded.tokenizer, xdir, cfg.xnli, limit=cfg.limit,
-                                 batch_size=cfg.batch_size, progress=progress.sub(split, 1 if not cfg.tasks else 0.5))
-    if cfg.tasks:
-        from .results import to_eval_record
-        from .tasks import evaluate_tasks
-        res = evaluate_tasks(loaded.model, loaded.tokenizer, cfg.tasks, cfg.languages or None, data,
-                             split=cfg.task_split, limit=cfg.limit, batch_size=cfg.batch_size, metrics=cfg.metrics,
-                             bootstrap=cfg.bootstrap, progress=progress.sub(0.5 if (cfg.ppl or cfg.xnli) else 0, 1),
-                             on_error="raise", model_name=loaded.spec, translation=cfg.translation,
-                             item_scores=cfg.item_scores)
-        records += [to_eval_record(r) for r in res]
-    return records
+    progress.update(0, 1, "Building the calibration set")
+    cal = build(spec, loaded.tokenizer)
+    progress.update(1, 1, f"Calibration set: {len(cal)} samples, {cal.n_tokens} tokens")
+    return cal
 
 
-def inspect_features(loaded: LoadedModel, recipe: Recipe, progress: Progress | None = None) -> dict:
-    """Feature magnitudes of the recipe's calibration set (and optionally monolingual prompts).
+@dataclass
+class FeatureRun:
+    """Feature magnitudes of one setting (``result`` on ``calibration``) and optionally of a second
+    one (``other`` on ``other_calibration``) with the per-layer ``overlap`` of their top features."""
 
-    Returns ``{"result": FeatureResult, "mono": FeatureResult | None, "overlap": [n_layers+1] | None}``.
+    result: FeatureResult
+    calibration: CalibrationSet
+    other: FeatureResult | None = None
+    other_calibration: CalibrationSet | None = None
+    overlap: object = None
+    ratio: float = 0.4
+
+
+def measure_features(loaded: LoadedModel, spec: dict, cfg: FeatureConfig, other_spec: dict | None = None,
+                     batch_size: int = 8, progress: Progress | None = None,
+                     calibration: CalibrationSet | None = None) -> FeatureRun:
+    """Measure feature magnitudes (Kim et al. 2024, §4) of the calibration ``spec`` and, when
+    ``other_spec`` is given, of a second setting and the overlap of their top ``cfg.ratio`` share.
+
+    Raises:
+        PolypruneError: a bad spec or setting.
+        Cancelled: through ``progress``.
     """
     progress = ensure(progress)
-    cal = calibration_for(recipe, loaded)
-    bs = recipe.pruning.batch_size
-    res = feature_magnitudes(loaded.model, cal, batch_size=bs, progress=progress.sub(0, 0.5))
-    mono = ov = None
-    if recipe.features.compare_monolingual and not recipe.calibration_text:
-        mcfg = replace(recipe.demos, monolingual=True)
-        mcal = build_calibration(mcfg, loaded.tokenizer)
-        mono = feature_magnitudes(loaded.model, mcal, batch_size=bs, progress=progress.sub(0.5, 1))
-        ov = overlap(res.magnitudes, mono.magnitudes, ratio=recipe.features.ratio)
-    return {"result": res, "mono": mono, "overlap": ov, "calibration": cal}
+    share = 0.5 if other_spec is not None else 1.0
+    cal = calibration if calibration is not None else build_calibration(loaded, spec, progress.sub(0, 0.05))
+    res = feature_magnitudes(loaded.model, cal, batch_size=batch_size, progress=progress.sub(0.05, share),
+                             exclude_special=cfg.exclude_special, tokenizer=loaded.tokenizer)
+    run = FeatureRun(res, cal, ratio=cfg.ratio)
+    if other_spec is not None:
+        run.other_calibration = build_calibration(loaded, other_spec, progress.sub(share, share + 0.02))
+        run.other = feature_magnitudes(loaded.model, run.other_calibration, batch_size=batch_size,
+                                       progress=progress.sub(share + 0.02, 1.0), exclude_special=cfg.exclude_special,
+                                       tokenizer=loaded.tokenizer)
+        run.overlap = overlap(res.magnitudes, run.other.magnitudes, ratio=cfg.ratio)
+    return run
+
+
+def prune_model(loaded: LoadedModel, recipe: Recipe, progress: Progress | None = None,
+                calibration: CalibrationSet | None = None) -> tuple[PruneResult, CalibrationSet | None]:
+    """Prune the loaded model in place as the recipe says (calibration and contrast sets built first).
+
+    Returns:
+        ``(result, calibration set)`` (the set is ``None`` for methods without calibration).
+
+    Raises:
+        PolypruneError: invalid settings or data (before any weight changes).
+        Cancelled: through ``progress``; the model is then exactly as before.
+    """
+    progress = ensure(progress)
+    cfg = recipe.pruning
+    cfg.validate()
+    cal = calibration
+    if cal is None and cfg.needs_calibration and cfg.sparsity > 0:
+        cal = build_calibration(loaded, recipe.calibration_spec(), progress.sub(0, 0.03))
+    contrast = None
+    if cfg.method == "wanda_refined":
+        spec = recipe.contrast_spec()
+        if spec is None:
+            raise PolypruneError("The refined metric (wanda_refined) needs a contrast set",
+                                 "set the contrast text (--contrast-text FILE, or contrast: {kind: text, file: ...} "
+                                 "in the recipe), or use the wanda method")
+        contrast = build_calibration(loaded, spec, progress.sub(0.03, 0.05))
+    result = prune(loaded.model, cfg, cal, progress.sub(0.05, 1.0), contrast=contrast)
+    return result, cal
+
+
+def evaluate(loaded: LoadedModel, cfg: EvalConfig, progress: Progress | None = None) -> list[Result]:
+    """Evaluate the model as it is now (:func:`polyprune.evaluation.evaluate`)."""
+    return evaluate_config(loaded.model, loaded.tokenizer, cfg, progress, model_name=loaded.spec)
+
+
+@dataclass
+class Comparison:
+    """Dense and pruned results on the same settings, and their side-by-side rows."""
+
+    dense: list[Result] = field(default_factory=list)
+    pruned: list[Result] = field(default_factory=list)
+
+    def rows(self) -> list[dict]:
+        """:func:`polyprune.evaluation.compare` rows (dense, pruned, change, intervals)."""
+        return compare(self.dense, self.pruned)
+
+
+def evaluate_variant(loaded: LoadedModel, cfg: EvalConfig, result: PruneResult | None, want_dense: bool = True,
+                     dense: list[Result] | None = None, progress: Progress | None = None) -> Comparison:
+    """Evaluate a pruned model and (unless ``dense`` results are given or ``want_dense`` is off) the
+    dense model through :func:`polyprune.pruning.dense_view`, which gives back the very pruned
+    weights afterwards. Without a ``result`` the model is dense and evaluated once.
+
+    Raises:
+        PolypruneError: bad settings or data. Cancelled: through ``progress`` (the model keeps
+            its pruned weights).
+    """
+    progress = ensure(progress)
+    if result is None:
+        return Comparison(dense=evaluate(loaded, cfg, progress))
+    out = Comparison(dense=list(dense or []))
+    if want_dense and not out.dense:
+        with dense_view(loaded.model, result.records):
+            out.dense = evaluate(loaded, cfg, progress.sub(0, 0.5))
+        progress = progress.sub(0.5, 1.0)
+    out.pruned = evaluate(loaded, cfg, progress)
+    return out
+
+
+def export_model(loaded: LoadedModel, report: dict, out: str | Path, *, recipe: Recipe | None = None,
+                 result: PruneResult | None = None, overwrite: bool = False, check: bool = True,
+                 progress: Progress | None = None, log: Callable[[str], None] | None = None,
+                 replace_hint: str = "pass --overwrite", extra_files: dict | None = None,
+                 card_extra: str = "", write_more: Callable[[Path], object] | None = None) -> ExportResult:
+    """Export the model as it is (with its masks and recipe) to ``out``; see :func:`polyprune.export.export`."""
+    return export(loaded.model, loaded.tokenizer, out, report, source=loaded.path, overwrite=overwrite,
+                  progress=progress, recipe=recipe, masks=result, mask_model_info=loaded.model, check=check, log=log,
+                  replace_hint=replace_hint, extra_files=extra_files, card_extra=card_extra, write_more=write_more)
+
+
+def calibration_report(cal: CalibrationSet) -> dict:
+    """What a report records of a calibration set: how it was built, never its text (raw text may
+    be private; a text file is recorded by name, size and hash)."""
+    return {k: v for k, v in cal.meta.items() if k != "spec"} | {"spec": cal.meta.get("spec")}
 
 
 def features_summary(res: FeatureResult, k: int) -> list[dict]:
@@ -102,123 +189,127 @@ def features_summary(res: FeatureResult, k: int) -> list[dict]:
             for layer in range(res.n_layers)]
 
 
+def monolingual_spec(recipe: Recipe) -> dict | None:
+    """The monolingual counterpart of the recipe's demonstrations (for the features overlap), or
+    ``None`` when the recipe calibrates on other data."""
+    if recipe.calibration or recipe.calibration_text:
+        return None
+    return demos_spec(replace(recipe.demos, monolingual=not recipe.demos.monolingual))
+
+
+# --------------------------------------------------------------------------------------------
+# the whole run
+# --------------------------------------------------------------------------------------------
+def check_recipe(recipe: Recipe) -> Path | None:
+    """Validate what can be validated before the model is loaded; return the output folder.
+
+    Raises:
+        PolypruneError: bad settings, an output folder that may not be written, no data.
+    """
+    recipe.pruning.validate()
+    recipe.evaluation.validate()
+    if not (recipe.calibration or recipe.calibration_text):
+        recipe.demos.validate()
+    out = Path(recipe.out).expanduser() if recipe.out else None
+    if out is not None:
+        check_output(out, sources=[recipe.model] if Path(recipe.model).expanduser().exists() else [],
+                     overwrite=recipe.overwrite, what="output folder")
+    if recipe.pruning.method == "wanda_refined" and not recipe.contrast:
+        raise PolypruneError("The refined metric (wanda_refined) needs a contrast set",
+                             "set the contrast text (--contrast-text FILE, or contrast: {kind: text, file: ...} in the "
+                             "recipe), or use the wanda method")
+    ev = recipe.evaluation
+    if ev.enabled and not (ev.optional and not ev.data and default_data_dir() is None):
+        from .datasets import data_dir
+        data_dir(ev.data)
+    return out
+
+
 def run(recipe: Recipe, progress: Progress | None = None, loaded: LoadedModel | None = None,
-        log=print) -> dict:
+        log: Callable[[str], None] = print) -> dict:
     """Execute a recipe end to end and return its report (also written as ``report.json``).
 
     Raises:
-        PolypruneError: any bad input, detected before heavy work where possible (an existing
-            export folder, for instance, is refused before the model is loaded).
-        Cancelled: through ``progress``; the model is left dense.
+        PolypruneError: any bad input, detected before heavy work where possible (settings, data
+            folder and output folder are checked before the model is loaded).
+        Cancelled: through ``progress``; the model is left dense and nothing is written.
     """
     progress = ensure(progress)
     t_start = time.perf_counter()
     torch.manual_seed(recipe.seed)
-    recipe.pruning.validate()
-    out = Path(recipe.out).expanduser() if recipe.out else None
-    if out is not None and recipe.export:
-        check_target(out, None, recipe.overwrite)
-    timings = {}
+    out = check_recipe(recipe)
+    timings: dict = {}
     report: dict = {"recipe": recipe.to_dict(), "seed": recipe.seed, "versions": versions()}
 
     t = time.perf_counter()
     if loaded is None:
         loaded = load_model(recipe.model, recipe.device, recipe.dtype, recipe.trust_remote_code, progress.sub(0, 0.1))
-    if out is not None and recipe.export and loaded.path is not None:
-        check_target(out, loaded.path, recipe.overwrite)
+    if out is not None:
+        check_output(out, sources=[loaded.path], overwrite=recipe.overwrite, what="output folder")
+    recipe.pruning.validate(len(find_blocks(loaded.model)[1]))
     timings["load_s"] = time.perf_counter() - t
-    report["model"] = loaded.info() | {"name": loaded.meta.get("name", recipe.model)}
+    report["model"] = loaded.info() | loaded.meta
     log(f"Model: {report['model']['architecture']}, {report['model']['n_blocks']} blocks, "
         f"hidden {report['model']['hidden_size']}, {report['model']['parameters'] / 1e6:.1f}M parameters")
 
     cal = None
     if recipe.pruning.needs_calibration or recipe.features.enabled:
-        cal = calibration_for(recipe, loaded)
-        report["calibration"] = {k: v for k, v in cal.meta.items() if k != "pair_indices"} | {
-            "pair_indices": cal.meta.get("pair_indices"), "first_sample": cal.texts[0][:500]}
-        log(f"Calibration: {len(cal)} samples, {cal.n_tokens} tokens (length {recipe.demos.seq_len}, "
+        cal = build_calibration(loaded, recipe.calibration_spec(), progress.sub(0.1, 0.12))
+        report["calibration"] = calibration_report(cal)
+        log(f"Calibration: {len(cal)} samples, {cal.n_tokens} tokens (length {cal.meta.get('seq_len')}, "
             f"{cal.truncated} truncated)")
 
     if recipe.features.enabled and cal is not None:
         t = time.perf_counter()
-        feats = inspect_features(loaded, recipe, progress.sub(0.1, 0.2))
-        report["features"] = {"top": features_summary(feats["result"], recipe.features.top_k),
-                              "overlap_monolingual": None if feats["overlap"] is None else feats["overlap"].tolist()}
-        if out is not None:
-            feats["result"].save(out.parent / f"{out.name}-features" / "features")
+        mono = monolingual_spec(recipe) if recipe.features.compare_monolingual else None
+        feats = measure_features(loaded, recipe.calibration_spec(), recipe.features, mono,
+                                 recipe.pruning.batch_size, progress.sub(0.12, 0.2), calibration=cal)
+        report["features"] = {"top": features_summary(feats.result, recipe.features.top_k),
+                              "overlap_monolingual": None if feats.overlap is None else feats.overlap.tolist()}
+        report["_features"] = feats
         timings["features_s"] = time.perf_counter() - t
 
     ev = recipe.evaluation
     if ev.enabled and ev.optional and not ev.data and default_data_dir() is None:
         log("No evaluation data found (set POLYPRUNE_DATA to a folder with flores200/ and xnli/); skipping evaluation")
-        ev = replace(ev, ppl=[], xnli=[])
-    dense_records: list[EvalRecord] = []
+        ev = replace(ev, ppl=[], xnli=[], tasks=[])
+    comparison = Comparison()
     if ev.enabled and ev.dense:
         t = time.perf_counter()
         log("Evaluating the dense model")
-        dense_records = evaluate(loaded, ev, progress.sub(0.2, 0.45))
+        comparison.dense = evaluate(loaded, ev, progress.sub(0.2, 0.45))
         timings["eval_dense_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     log(f"Pruning: {recipe.pruning.method}, {recipe.pruning.pattern}, sparsity {recipe.pruning.sparsity}")
-    contrast = None
-    if recipe.pruning.method == "wanda_refined":
-        if not recipe.contrast:
-            raise PolypruneError("The refined metric needs a contrast set",
-                                 "set contrast: {kind: text, file: code.txt} in the recipe, or --contrast-text FILE")
-        from .calibration import build
-        contrast = build(recipe.contrast, loaded.tokenizer, {"samples": recipe.demos.samples, "seq_len": recipe.demos.seq_len})
-    result: PruneResult = prune(loaded.model, recipe.pruning, cal, progress.sub(0.45, 0.6), contrast=contrast)
+    result, _ = prune_model(loaded, recipe, progress.sub(0.45, 0.6), calibration=cal)
     timings["prune_s"] = time.perf_counter() - t
     report["pruning"] = result.summary()
     log(f"Pruned in {result.seconds:.1f} s; sparsity over pruned layers {result.overall:.4f}")
 
-    pruned_records: list[EvalRecord] = []
     if ev.enabled:
         t = time.perf_counter()
         log("Evaluating the pruned model")
-        pruned_records = evaluate(loaded, ev, progress.sub(0.6, 0.9))
+        comparison.pruned = evaluate(loaded, ev, progress.sub(0.6, 0.9))
         timings["eval_pruned_s"] = time.perf_counter() - t
-    report["evaluation"] = compare(dense_records, pruned_records) if dense_records else \
-        [r.to_dict() | {"pruned": r.value} for r in pruned_records]
-    report["evaluation_records"] = {"dense": [r.to_dict() for r in dense_records],
-                                    "pruned": [r.to_dict() for r in pruned_records]}
-
+    report["evaluation"] = comparison.rows()
+    report["evaluation_records"] = {"dense": [r.to_dict() for r in comparison.dense],
+                                    "pruned": [r.to_dict() for r in comparison.pruned]}
+    report["timings"] = timings
     if out is not None:
+        t = time.perf_counter()
+        feats = report.get("_features")
+        more = (lambda tmp: feats.result.save(tmp / "features" / "features")) if feats is not None else None
         if recipe.export:
-            t = time.perf_counter()
-            report["masks"] = str((out / "masks.safetensors").resolve())
-            report["timings"] = timings
-            export(loaded.model, loaded.tokenizer, out, report, source=loaded.path, overwrite=recipe.overwrite,
-                   progress=progress.sub(0.9, 0.97))
-            timings["export_s"] = time.perf_counter() - t
-            report["export"] = {"path": str(out.resolve())}
-            if recipe.reload_check:
-                diff = reload_check(loaded.model, out, loaded.tokenizer)
-                report["export"]["reload_max_abs_logit_diff"] = diff
-                log(f"Export reloads; largest logit difference {diff:.3g}")
+            res = export_model(loaded, report, out, recipe=recipe, result=result, overwrite=recipe.overwrite,
+                               check=recipe.reload_check, progress=progress.sub(0.9, 0.99), log=log, write_more=more)
+            if res.reload_diff is not None:
+                log(f"Export reloads; largest logit difference {res.reload_diff:.3g}")
         else:
-            out.mkdir(parents=True, exist_ok=True)
-        timings["total_s"] = time.perf_counter() - t_start
-        report["timings"] = timings
-        write_outputs(out, recipe, report)
-        save_masks(result, out / "masks.safetensors", loaded.model)
+            write_report_folder(out, report, recipe=recipe, masks=result, mask_model_info=loaded.model,
+                                source=loaded.path, overwrite=recipe.overwrite, log=log, write_more=more)
+        timings["export_s"] = time.perf_counter() - t
     report["timings"] = timings | {"total_s": time.perf_counter() - t_start}
     progress.update(1, 1, "Done")
     report["_result"] = result
     return report
-
-
-def write_outputs(folder: Path, recipe: Recipe, report: dict) -> None:
-    """Write ``recipe.yaml`` (resolved) and ``report.json`` into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    save_recipe(recipe, folder / "recipe.yaml")
-    clean = {k: v for k, v in report.items() if not k.startswith("_")}
-    (folder / "report.json").write_text(json.dumps(clean, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-
-
-def save_masks(result: PruneResult, path: Path, model=None) -> Path:
-    """Save the mask set (packed bits with the model's signature, see :mod:`polyprune.masks`)."""
-    from .masks import save_masks as _save
-
-    return _save(result, path, model)

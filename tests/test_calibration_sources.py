@@ -8,10 +8,14 @@ import torch
 
 from conftest import FAMILIES, make_tiny_model, make_tokenizer
 from polyprune import calibration as C
-from polyprune.demos import builtin_pairs, tokenize
+from polyprune.calibration import sources as S
+from polyprune.calibration import tokenize
+from polyprune.datasets import builtin_pairs
 from polyprune.errors import PolypruneError
 from polyprune.models import find_blocks, prunable_linears, weight_matrix
-from polyprune.pruning import REFINED_EPS, PruneConfig, prune
+from polyprune.pruning import prune
+from polyprune.pruning.wanda_refined import REFINED_EPS
+from polyprune.recipe import PruneConfig
 
 
 @pytest.fixture(scope="module")
@@ -23,65 +27,65 @@ def tok():
 # sources
 # --------------------------------------------------------------------------------------------
 def test_monolingual_builtin(tok):
-    cal = C.monolingual(tok, "fr", samples=4, seq_len=64, shots=2, source="builtin")
+    cal = S.monolingual(tok, "fr", samples=4, seq_len=64, shots=2, source="builtin")
     sents = [a for a, _ in builtin_pairs("fra_Latn", "fra_Latn")]
     assert len(cal) == 4
     assert cal.texts[1] == f"{sents[2]} {sents[3]}"
     assert cal.meta["sentence_indices"][1] == [2, 3]
     assert cal.meta["lang"] == "fra_Latn"
-    demo = C.monolingual(tok, "fra_Latn", samples=1, seq_len=64, shots=2, source="builtin", style="demo")
+    demo = S.monolingual(tok, "fra_Latn", samples=1, seq_len=64, shots=2, source="builtin", style="demo")
     assert demo.texts[0].startswith("French: " + sents[0] + "</s>French: ")
 
 
 def test_monolingual_flores(tok, data_dir):
-    cal = C.monolingual(tok, "swh_Latn", samples=8, seq_len=32, shots=4, source=f"flores:{data_dir / 'flores200'}")
+    cal = S.monolingual(tok, "swh_Latn", samples=8, seq_len=32, shots=4, source=f"flores:{data_dir / 'flores200'}")
     assert len(cal) == 8 and cal.input_ids.shape[1] == 32 and cal.truncated == 8
     too_many = 997 // 4 + 1
     with pytest.raises(PolypruneError, match="has 997 sentences"):
-        C.monolingual(tok, "swh_Latn", samples=too_many, seq_len=32, source=f"flores:{data_dir / 'flores200'}")
+        S.monolingual(tok, "swh_Latn", samples=too_many, seq_len=32, source=f"flores:{data_dir / 'flores200'}")
 
 
 def test_too_small_and_empty_sources(tok, tmp_path):
     with pytest.raises(PolypruneError, match="has 36 sentences, but 20 samples x 2 sentences need 40"):
-        C.monolingual(tok, "eng_Latn", samples=20, shots=2, source="builtin")
+        S.monolingual(tok, "eng_Latn", samples=20, shots=2, source="builtin")
     (tmp_path / "dev").mkdir()
     (tmp_path / "dev" / "eng_Latn.dev").write_text("\n\n")
     with pytest.raises(PolypruneError, match="is empty"):
-        C.monolingual(tok, "eng_Latn", samples=1, source=f"flores:{tmp_path}")
+        S.monolingual(tok, "eng_Latn", samples=1, source=f"flores:{tmp_path}")
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n")
     with pytest.raises(PolypruneError, match="no non-empty lines"):
-        C.text(tok, empty, samples=1)
+        S.text(tok, empty, samples=1)
     few = tmp_path / "few.txt"
     few.write_text("a b c\nd e f\n")
     with pytest.raises(PolypruneError, match="has 2 non-empty lines"):
-        C.text(tok, few, samples=3)
+        S.text(tok, few, samples=3)
     with pytest.raises(PolypruneError, match="need 40 sentence pairs but the source has 36"):
-        C.translation(tok, ["fra_Latn"], samples=10, shots=4, source="builtin")
+        S.translation(tok, ["fra_Latn"], samples=10, shots=4, source="builtin")
 
 
 def test_translation_languages_and_direction(tok):
-    cal = C.translation(tok, ["fra_Latn", "deu_Latn"], samples=5, seq_len=128, shots=2, source="builtin",
+    cal = S.translation(tok, ["fra_Latn", "deu_Latn"], samples=5, seq_len=128, shots=2, source="builtin",
                         direction="both")
     assert cal.meta["counts"] == {"fra_Latn": 3, "deu_Latn": 2}
     assert cal.texts[0].startswith("French: ") and "English: " in cal.texts[0]
     assert cal.texts[1].startswith("English: ")  # both: alternating directions
     assert cal.texts[3].startswith("German: ")
-    fwd = C.translation(tok, "fra_Latn", samples=2, shots=1, source="builtin", direction="forward")
+    fwd = S.translation(tok, "fra_Latn", samples=2, shots=1, source="builtin", direction="forward")
     assert all(t.startswith("French: ") for t in fwd.texts)
     with pytest.raises(PolypruneError, match="into itself"):
-        C.translation(tok, ["eng_Latn"], samples=2, source="builtin")
+        S.translation(tok, ["eng_Latn"], samples=2, source="builtin")
 
 
 def test_largest_remainder():
-    assert C.largest_remainder({"a": 0.5, "b": 0.25, "c": 0.25}, 7) == {"a": 3, "b": 2, "c": 2}
-    assert C.largest_remainder({"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}, 10) == {"a": 4, "b": 3, "c": 3}
-    counts = C.largest_remainder({"a": 0.7, "b": 0.2, "c": 0.1}, 13)
+    assert S.largest_remainder({"a": 0.5, "b": 0.25, "c": 0.25}, 7) == {"a": 3, "b": 2, "c": 2}
+    assert S.largest_remainder({"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}, 10) == {"a": 4, "b": 3, "c": 3}
+    counts = S.largest_remainder({"a": 0.7, "b": 0.2, "c": 0.1}, 13)
     assert sum(counts.values()) == 13 and counts == {"a": 9, "b": 3, "c": 1}
 
 
 def test_mix(tok):
-    cal = C.mix(tok, {"eng_Latn": 0.5, "fr": 0.25, "swh_Latn": 0.25}, samples=7, seq_len=64, shots=2,
+    cal = S.mix(tok, {"eng_Latn": 0.5, "fr": 0.25, "swh_Latn": 0.25}, samples=7, seq_len=64, shots=2,
                 source="builtin")
     assert cal.meta["counts"] == {"eng_Latn": 3, "fra_Latn": 2, "swh_Latn": 2}
     assert len(cal) == 7
@@ -101,13 +105,13 @@ def test_mix(tok):
 ])
 def test_bad_mix(tok, props, needle):
     with pytest.raises(PolypruneError, match=needle):
-        C.mix(tok, props, samples=2, source="builtin")
+        S.mix(tok, props, samples=2, source="builtin")
 
 
 def test_mix_sum_tolerance(tok):
-    C.check_proportions({"eng_Latn": 1 / 3, "fra_Latn": 1 / 3, "deu_Latn": 1 / 3 + 5e-7})
+    S.check_proportions({"eng_Latn": 1 / 3, "fra_Latn": 1 / 3, "deu_Latn": 1 / 3 + 5e-7})
     with pytest.raises(PolypruneError):
-        C.check_proportions({"eng_Latn": 0.5, "fra_Latn": 0.5 + 2e-6})
+        S.check_proportions({"eng_Latn": 0.5, "fra_Latn": 0.5 + 2e-6})
 
 
 def test_specs_and_labels(tok, tmp_path):

@@ -6,8 +6,11 @@ import json
 import pytest
 
 from conftest import make_tokenizer
-from polyprune.demos import (DEFAULT_TEMPLATE, DemoConfig, build_calibration, build_prompts, builtin_pairs,
-                             file_pairs, flores_pairs, read_calibration_text, tokenize)
+from polyprune.calibration import build, tokenize
+from polyprune.calibration.prompts import build_prompts
+from polyprune.calibration.sources import read_calibration_text
+from polyprune.datasets import builtin_pairs, file_pairs, flores_pairs
+from polyprune.recipe import DemoConfig, Recipe
 from polyprune.errors import PolypruneError
 
 
@@ -76,7 +79,7 @@ def test_calibration_text_and_tokenize(tmp_path):
     with pytest.raises(PolypruneError, match="3 non-empty lines"):
         read_calibration_text(f, 5)
     tok = make_tokenizer()
-    cal = build_calibration(DemoConfig(samples=2, seq_len=16), tok, calibration_text=f)
+    cal = build(Recipe(demos=DemoConfig(samples=2, seq_len=16), calibration_text=str(f)).calibration_spec(), tok)
     assert cal.input_ids.shape == (2, 16) and cal.truncated == 1
     assert cal.attention_mask[0].sum() == len(tok("first line")["input_ids"])
     assert cal.input_ids[0, 0] == tok.bos_token_id  # the tokenizer's own special tokens

@@ -10,9 +10,21 @@ import torch
 
 from conftest import FAMILIES, make_tiny_model, make_tokenizer
 from polyprune.errors import Cancelled, PolypruneError
-from polyprune.evaluation import (XNLI_WORDS, EvalRecord, compare, flores_perplexity,
-                                  loglikelihoods, perplexity, xnli_accuracy, xnli_requests)
+from polyprune.evaluation import (Result, compare, evaluate_tasks, flores_perplexity, loglikelihoods,
+                                  perplexity)
+from polyprune.evaluation.tasks import TASKS, XNLI_WORDS
 from polyprune.progress import Progress
+
+
+def xnli_requests(doc, lang, tokenizer):
+    """XNLI requests through the one task implementation."""
+    return TASKS["xnli"].requests(doc, lang, tokenizer)
+
+
+def xnli_accuracy(model, tokenizer, folder, languages, limit=None, batch_size=8):
+    """XNLI accuracy through the one evaluation path."""
+    return evaluate_tasks(model, tokenizer, ["xnli"], languages, folder, limit=limit, batch_size=batch_size,
+                          metrics=["acc"], bootstrap=0)
 
 
 def naive(model, ctx, cont):
@@ -157,10 +169,13 @@ def test_xnli_requests_continuation_starting_with_bos():
     class BosTok:
         bos_token_id, eos_token_id = 1, 2
 
-        def __call__(self, text, add_special_tokens=True):
-            return {"input_ids": [1, 10, 11, 12]}
+        def encode(self, text, add_special_tokens=True):
+            return [1, 10, 11, 12]
 
-    reqs = xnli_requests({"premise": "p", "hypothesis": "h"}, "en", BosTok())
+        def decode(self, ids):
+            return "<s>"
+
+    reqs = xnli_requests({"premise": "p", "hypothesis": "h", "label": 0}, "en", BosTok())
     assert reqs[0] == ([1], [10, 11, 12])
 
 
@@ -195,7 +210,7 @@ def test_xnli_bad_files(tmp_path, tokenizer):
         xnli_accuracy(model, tokenizer, tmp_path, ["xx"])
     with pytest.raises(PolypruneError, match=r"test\.en\.jsonl"):
         xnli_accuracy(model, tokenizer, tmp_path, ["en"])
-    with pytest.raises(PolypruneError, match="not found"):
+    with pytest.raises(PolypruneError, match="No xnli data"):
         xnli_accuracy(model, tokenizer, tmp_path / "nope", ["en"])
     _write_jsonl(tmp_path / "test.en.jsonl", [good, {"premise": "p", "label": 0}])
     with pytest.raises(PolypruneError, match=r"line 2.*hypothesis"):
@@ -219,8 +234,8 @@ def test_flores_local_and_errors(tmp_path, tokenizer):
         ppl, nll, tokens = perplexity(model, tokenizer, ["One sentence.", "Two sentences here."])
         assert (rec.task, rec.language, rec.metric, rec.n) == ("flores_ppl", "eng_Latn",
                                                                "perplexity", 2)
-        assert rec.value == pytest.approx(ppl) and rec.extra == {"tokens": tokens,
-                                                                  "nll": pytest.approx(nll)}
+        assert rec.value == pytest.approx(ppl) and rec.extra["tokens"] == tokens
+        assert rec.extra["nll"] == pytest.approx(nll)
     with pytest.raises(PolypruneError, match="devtest"):
         flores_perplexity(model, tokenizer, tmp_path, ["fra_Latn"])
     with pytest.raises(PolypruneError, match="FLORES"):
@@ -228,13 +243,11 @@ def test_flores_local_and_errors(tmp_path, tokenizer):
 
 
 def test_compare():
-    dense = [EvalRecord("xnli", "en", "acc", 0.5, 10), EvalRecord("flores_ppl", "eng_Latn",
-                                                                  "perplexity", 10.0, 4)]
-    pruned = [EvalRecord("flores_ppl", "eng_Latn", "perplexity", 12.5, 4),
-              EvalRecord("xnli", "sw", "acc", 0.4, 10)]
+    dense = [Result("xnli", "en", "acc", 0.5, n=10), Result("flores_ppl", "eng_Latn", "perplexity", 10.0, n=4)]
+    pruned = [Result("flores_ppl", "eng_Latn", "perplexity", 12.5, n=4), Result("xnli", "sw", "acc", 0.4, n=10)]
     rows = compare(dense, pruned)
-    assert rows[0] == {"task": "xnli", "language": "en", "metric": "acc", "dense": 0.5,
-                       "pruned": None, "delta": None}
+    assert {k: rows[0][k] for k in ("task", "language", "metric", "dense", "pruned", "delta")} == {
+        "task": "xnli", "language": "en", "metric": "acc", "dense": 0.5, "pruned": None, "delta": None}
     assert rows[1]["delta"] == pytest.approx(2.5)
     assert rows[2]["language"] == "sw" and rows[2]["dense"] is None
 
@@ -246,8 +259,8 @@ def test_real_data(data_dir, tokenizer):
     assert [r.language for r in recs] == ["eng_Latn", "swh_Latn", "zho_Hans"]
     for r in recs:
         assert r.n == 4 and r.extra["tokens"] > 0 and math.isfinite(r.value) and r.value > 1
-    rec, = xnli_accuracy(model, tokenizer, data_dir / "xnli", ["en"], limit=6)
-    assert rec.n == 6 and 0.0 <= rec.value <= 1.0 and math.isfinite(rec.extra["stderr"])
+    rec, = xnli_accuracy(model, tokenizer, data_dir / "xnli", ["en"], limit=4)  # row 5 exceeds the tiny context
+    assert rec.n == 4 and 0.0 <= rec.value <= 1.0 and math.isfinite(rec.extra["stderr"])
 
 
 def test_flores_resolves_language_names(tmp_path, tokenizer):

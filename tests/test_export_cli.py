@@ -8,11 +8,12 @@ import torch
 
 from conftest import make_tokenizer, save_tiny, shared_data_dir
 from polyprune.cli import main
-from polyprune.demos import tokenize
+from polyprune.calibration import tokenize
 from polyprune.errors import PolypruneError
 from polyprune.export import export, model_card, reload_check
 from polyprune.models import load_model
-from polyprune.pruning import PruneConfig, prune
+from polyprune.pruning import prune
+from polyprune.recipe import PruneConfig
 from polyprune.recipe import Recipe, load_recipe, save_recipe
 
 
@@ -23,7 +24,7 @@ def test_export_reloads_with_identical_logits(tmp_path, family):
     lm = load_model(str(src))
     cal = tokenize(["hello world", "bonjour le monde entier"], lm.tokenizer, 16)
     res = prune(lm.model, PruneConfig(sparsity=0.5), cal)
-    out = export(lm.model, lm.tokenizer, tmp_path / "out", {"pruning": res.summary()}, source=src)
+    out = export(lm.model, lm.tokenizer, tmp_path / "out", {"pruning": res.summary()}, source=src).path
     assert (out / "README.md").exists() and (out / "pruning_config.json").exists()
     assert reload_check(lm.model, out, lm.tokenizer) == 0.0
     re = AutoModelForCausalLM.from_pretrained(out)
@@ -39,10 +40,15 @@ def test_export_refuses_source_and_existing(tmp_path):
     before = sorted(p.name for p in src.iterdir())
     with pytest.raises(PolypruneError, match="overwrite the source"):
         export(lm.model, lm.tokenizer, src, {}, source=src, overwrite=True)
-    (tmp_path / "exists").mkdir()
+    (tmp_path / "mine").mkdir()  # a folder Polyprune did not write is never replaced, even when asked
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(PolypruneError, match="already exists and was not written by Polyprune"):
+        export(lm.model, lm.tokenizer, tmp_path / "mine", {}, source=src, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+    export(lm.model, lm.tokenizer, tmp_path / "exists", {}, source=src)
     with pytest.raises(PolypruneError, match="already exists"):
         export(lm.model, lm.tokenizer, tmp_path / "exists", {}, source=src)
-    export(lm.model, lm.tokenizer, tmp_path / "exists", {}, source=src, overwrite=True)
+    export(lm.model, lm.tokenizer, tmp_path / "exists", {}, source=src, overwrite=True)  # an earlier export: replaced
     assert (tmp_path / "exists" / "config.json").exists()
     assert sorted(p.name for p in src.iterdir()) == before
 
@@ -146,7 +152,7 @@ def test_cli_evaluate_records(tmp_path):
     rc = main(["evaluate", "--model", str(src), "--tasks", "xnli", "--languages", "en,sw", "--limit", "3",
                "--data", str(shared_data_dir()), "--out", str(out)])
     assert rc == 0
-    rows = json.loads(out.read_text())
+    rows = json.loads(out.read_text())["results"]
     acc = [(r["task"], r["language"], r["n"]) for r in rows if r["metric"] == "acc"]
     assert acc == [("xnli", "en", 3), ("xnli", "sw", 3)]
     assert all({"task", "language", "metric", "value", "n"} <= set(r) for r in rows)

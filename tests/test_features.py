@@ -1,12 +1,14 @@
 """Feature magnitudes against a direct computation from output_hidden_states with padding masked."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from conftest import FAMILIES, make_tiny_model, make_tokenizer
-from polyprune.demos import tokenize
+from polyprune.calibration import tokenize
 from polyprune.errors import PolypruneError
 from polyprune.features import FeatureResult, feature_magnitudes, overlap, token_contexts, top_k
 from polyprune.models import all_prunable
@@ -80,8 +82,10 @@ def test_topk_overlap_and_save_roundtrip(tmp_path):
     r = FeatureResult(a.astype(np.float32), {"x": np.ones(3, np.float32)}, np.zeros((2, 5, 1)),
                       np.zeros((2, 5, 1, 2), int), {"src": "fra_Latn"})
     files = r.save(tmp_path / "feat")
-    assert [f.suffix for f in files] == [".npz", ".csv"]
+    assert [f.suffix for f in files] == [".npz", ".csv", ".json"]
     r2 = FeatureResult.load(tmp_path / "feat.npz")
     np.testing.assert_array_equal(r2.magnitudes, r.magnitudes)
     assert r2.settings == {"src": "fra_Latn"} and "x" in r2.column_norms
-    assert (tmp_path / "feat.csv").read_text().count("\n") == 2 + a.size
+    text = (tmp_path / "feat.csv").read_text()
+    assert text.count("\n") == 1 + a.size and text.startswith("layer,dimension,magnitude\n")  # pandas reads it as is
+    assert json.loads((tmp_path / "feat.json").read_text())["settings"] == {"src": "fra_Latn"}

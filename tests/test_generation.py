@@ -8,8 +8,8 @@ import torch
 
 from conftest import make_tiny_model
 from polyprune.errors import PolypruneError
-from polyprune.generation import (build_prompt, flores_translation, generate_greedy, score_translations,
-                                  select_demo_indices, select_demos)
+from polyprune.evaluation.translation import (build_prompt, flores_translation, generate_greedy, score_translations,
+                                  select_demo_indices)
 
 pytest.importorskip("sacrebleu")
 
@@ -26,11 +26,11 @@ def test_select_demos():
     idx = select_demo_indices(src, tgt, 2, seed=0)
     assert idx == sorted(idx) and set(idx) <= {0, 3, 5}  # both sides < 100 chars, non-empty
     assert select_demo_indices(src, tgt, 2, seed=0) == idx
-    assert select_demos(src, tgt, 10) == [(src[i], tgt[i]) for i in (0, 3, 5)]
-    assert len(select_demos(src, tgt, 10, max_chars=None)) == 5
-    assert select_demos(src, tgt, 0) == []
+    assert select_demo_indices(src, tgt, 10) == [0, 3, 5]
+    assert len(select_demo_indices(src, tgt, 10, max_chars=None)) == 5
+    assert select_demo_indices(src, tgt, 0) == []
     with pytest.raises(PolypruneError, match="aligned"):
-        select_demos(src, tgt[:-1], 2)
+        select_demo_indices(src, tgt[:-1], 2)
 
 
 def manual_greedy(model, ids, steps, eos):

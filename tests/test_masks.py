@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from conftest import make_tiny_model, make_tokenizer
-from polyprune.demos import tokenize
+from polyprune.calibration import tokenize
 from polyprune.errors import PolypruneError
 from polyprune.masks import (agreement, apply_masks, block_agreement, load_masks, model_signature, save_masks)
 from polyprune.models import all_prunable, weight_matrix
-from polyprune.pruning import PruneConfig, prune, restore
+from polyprune.pruning import prune, restore
+from polyprune.recipe import PruneConfig
 
 TEXTS = ["English: The cat sleeps.</s>French: Le chat dort.</s>", "Habari za asubuhi, rafiki yangu.", "short"]
 

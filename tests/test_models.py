@@ -90,8 +90,9 @@ def test_bad_dtype_and_device(tmp_path):
 
 
 def test_bfloat16_load_and_prune_statistics_in_float32(tmp_path):
-    from polyprune.demos import tokenize
-    from polyprune.pruning import PruneConfig, prune
+    from polyprune.calibration import tokenize
+    from polyprune.pruning import prune
+    from polyprune.recipe import PruneConfig
     lm = load_model(str(save_tiny(tmp_path, "llama")), dtype="bfloat16")
     assert next(lm.model.parameters()).dtype == torch.bfloat16
     cal = tokenize(["hello world, bonjour le monde", "habari dunia"], lm.tokenizer, 16)

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from conftest import FAMILIES, make_tiny_model, make_tokenizer
-from polyprune.demos import tokenize
+from polyprune.calibration import tokenize
 from polyprune.errors import PolypruneError
 from polyprune.models import all_prunable, find_blocks, prunable_linears, weight_matrix
-from polyprune.owl import allocate, outlier_ratio
-from polyprune.pruning import PruneConfig, prune
+from polyprune.pruning.owl import allocate, outlier_ratio
+from polyprune.pruning import prune
+from polyprune.recipe import PruneConfig
 
 TEXTS = [
     "English: The cat sleeps on the warm mat.</s>French: Le chat dort sur le tapis chaud.</s>",
@@ -73,7 +74,7 @@ def naive_allocate(ratios, s, lam):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_outlier_ratios_match_naive(family):
-    from polyprune.owl import outlier_ratios
+    from polyprune.pruning.owl import outlier_ratios
     model = make_tiny_model(family)
     cal = calib()
     prefix, blocks = find_blocks(model)

@@ -7,11 +7,13 @@ import pytest
 import torch
 
 from conftest import FAMILIES, make_tiny_model, make_tokenizer
-from polyprune.demos import tokenize
+from polyprune.calibration import tokenize
 from polyprune.errors import Cancelled, PolypruneError
 from polyprune.models import all_prunable, find_blocks, prunable_linears, weight_matrix
 from polyprune.progress import Progress
-from polyprune.pruning import PruneConfig, prune, select_mask
+from polyprune.pruning import prune
+from polyprune.pruning.masking import select_mask
+from polyprune.recipe import PruneConfig
 
 TEXTS = [
     "English: The cat sleeps on the warm mat.</s>French: Le chat dort sur le tapis chaud.</s>",

@@ -1,4 +1,4 @@
-"""Tests for polyprune.results: the one result structure, JSON/CSV round trips, deltas."""
+"""Tests for polyprune.evaluation.results: the one result structure, JSON/CSV round trips, compare."""
 from __future__ import annotations
 
 import json
@@ -7,9 +7,8 @@ import math
 import pytest
 
 from polyprune.errors import PolypruneError
-from polyprune.evaluation import EvalRecord
-from polyprune.results import (Result, deltas, from_eval_record, load_csv, load_json, load_results,
-                               new_run_id, save_csv, save_json, save_results, to_eval_record)
+from polyprune.evaluation.results import (Result, compare, load_csv, load_json, load_results, new_run_id, save_csv,
+                                          save_json, save_results)
 
 
 def sample():
@@ -43,9 +42,11 @@ def test_round_trip(tmp_path, suffix):
     assert back[3].error.startswith("/d/xcopa") and not back[3].ok
 
 
-def test_json_is_a_plain_list_of_records(tmp_path):
+def test_json_is_a_list_of_records_with_a_signature(tmp_path):
     p = save_json(sample(), tmp_path / "r.json")
-    data = json.loads(p.read_text(encoding="utf-8"))  # strict JSON: no NaN
+    whole = json.loads(p.read_text(encoding="utf-8"))  # strict JSON: no NaN
+    assert whole["polyprune"]["kind"] == "evaluation results"  # what lets --overwrite replace it later
+    data = whole["results"]
     assert isinstance(data, list)
     for rec in data:
         assert {"task", "language", "metric", "value", "n"} <= set(rec)
@@ -72,14 +73,14 @@ def test_load_errors(tmp_path):
         load_csv(tmp_path / "b.csv")
 
 
-def test_deltas():
+def test_compare():
     dense = [Result("xnli", "en", "acc", 0.5, 0.4, 0.6, 10), Result("xnli", "fr", "acc", 0.4, n=10),
              Result("flores_ppl", "eng_Latn", "perplexity", 10.0, n=4),
              Result("xcopa", "sw", "error", float("nan"), error="boom")]
     pruned = [Result("flores_ppl", "eng_Latn", "perplexity", 12.5, n=4),
               Result("xnli", "en", "acc", 0.45, 0.35, 0.55, 10),
               Result("xnli", "sw", "acc", 0.3, n=10)]
-    rows = deltas(dense, pruned)
+    rows = compare(dense, pruned)
     assert [(r["task"], r["language"]) for r in rows] == [("xnli", "en"), ("xnli", "fr"),
                                                           ("flores_ppl", "eng_Latn"), ("xnli", "sw")]
     assert rows[0]["delta"] == pytest.approx(-0.05) and rows[0]["rel_delta"] == pytest.approx(-0.1)
@@ -87,20 +88,6 @@ def test_deltas():
     assert rows[1]["pruned"] is None and rows[1]["delta"] is None
     assert rows[2]["delta"] == pytest.approx(2.5)
     assert rows[3]["dense"] is None and rows[3]["pruned"] == 0.3
-
-
-def test_eval_record_conversion():
-    rec = EvalRecord("xnli", "en", "acc", 0.5, 10, {"stderr": 0.1})
-    r = from_eval_record(rec, model="m", run_id="x")
-    assert (r.task, r.language, r.metric, r.value, r.n, r.model, r.run_id, r.extra) == \
-           ("xnli", "en", "acc", 0.5, 10, "m", "x", {"stderr": 0.1})
-    r.ci_low, r.ci_high = 0.4, 0.6
-    back = to_eval_record(r)
-    assert isinstance(back, EvalRecord) and back.value == 0.5
-    assert back.extra == {"stderr": 0.1, "ci_low": 0.4, "ci_high": 0.6, "model": "m", "run_id": "x"}
-    again = from_eval_record(back)
-    assert (again.ci_low, again.ci_high, again.model, again.run_id, again.extra) == (0.4, 0.6, "m", "x", {"stderr": 0.1})
-    assert back.to_dict()["task"] == "xnli"
 
 
 def test_run_ids_differ():

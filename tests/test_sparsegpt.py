@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from conftest import FAMILIES, make_tiny_model, make_tokenizer
-from polyprune.demos import tokenize
+from polyprune.calibration import tokenize
 from polyprune.errors import Cancelled, PolypruneError
 from polyprune.models import all_prunable, find_blocks, prunable_linears, weight_matrix
 from polyprune.progress import Progress
-from polyprune.pruning import PruneConfig, prune
-from polyprune.sparsegpt import HessianStats, sparsegpt_prune
+from polyprune.pruning import prune
+from polyprune.recipe import PruneConfig
+from polyprune.pruning.sparsegpt import HessianStats, sparsegpt_prune
 
 TEXTS = [
     "English: The cat sleeps on the warm mat.</s>French: Le chat dort sur le tapis chaud.</s>",

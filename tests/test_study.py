@@ -8,8 +8,9 @@ import torch
 
 from conftest import save_tiny
 from polyprune import study as S
-from polyprune.demos import builtin_pairs
+from polyprune.datasets import builtin_pairs
 from polyprune.errors import Cancelled, PolypruneError
+from polyprune.cli import main
 from polyprune.progress import Progress
 
 
@@ -61,12 +62,13 @@ def test_study_stop_resume_tables_and_dense_weights(tmp_path, tiny, monkeypatch)
     cfg = config(tmp_path, path, data)
     before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
     prunes = {"n": 0}
-    real_prune = S.prune
+    import polyprune.study.run as study_run
+    real_prune = study_run.prune
 
     def counting_prune(*a, **k):
         prunes["n"] += 1
         return real_prune(*a, **k)
-    monkeypatch.setattr(S, "prune", counting_prune)
+    monkeypatch.setattr(study_run, "prune", counting_prune)
 
     # 1) stop after the first cell: dense evaluation + one cell
     prog = Progress()
@@ -227,14 +229,14 @@ def test_study_main_cli(tmp_path, tiny, capsys):
     cfg = config(tmp_path, path, small_flores(tmp_path), methods=["wanda"])
     recipe = tmp_path / "study.yaml"
     recipe.write_text(yaml.safe_dump(cfg.to_dict(), allow_unicode=True), encoding="utf-8")
-    assert S.study_main([str(recipe), "--out", str(tmp_path / "cli")]) == 0
+    assert main(["study", str(recipe), "--out", str(tmp_path / "cli")]) == 0
     printed = capsys.readouterr().out
     assert "translation fra↔eng" in printed and "eng_Latn" in printed and "Mask agreement" in printed
-    assert S.study_main([str(tmp_path / "cli"), "--show"]) == 0
+    assert main(["study", str(tmp_path / "cli"), "--show"]) == 0
     assert "mono eng" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: demo\nmethods: [wanda+owl]\npattern: '2:4'\ncalibration: [{kind: monolingual, lang: eng_Latn}]\n")
-    assert S.study_main([str(bad)]) == 2
+    assert main(["study", str(bad)]) == 2
     assert "unstructured" in capsys.readouterr().err
 
 
@@ -290,7 +292,7 @@ def test_paired_difference_matches_a_naive_bootstrap():
 
 def test_perplexity_interval_matches_a_naive_bootstrap():
     import numpy as np
-    from polyprune.evaluation import perplexity_ci
+    from polyprune.evaluation.stats import perplexity_ci
     rng = np.random.default_rng(0)
     nll, tok = rng.random(40) * 50, rng.integers(3, 40, size=40)
     lo, hi = perplexity_ci(nll.tolist(), tok.tolist(), iters=400, seed=5)

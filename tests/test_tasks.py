@@ -13,10 +13,11 @@ import torch
 
 from conftest import make_tiny_model, save_tiny
 from polyprune.errors import Cancelled, PolypruneError
-from polyprune.evaluation import xnli_requests
 from polyprune.progress import Progress
-from polyprune.tasks import (TASKS, CustomTask, bootstrap_ci, encode_pair, evaluate_tasks, get_task,
-                             load_custom_task, rankc, rankc_items, tok_encode)
+from polyprune.evaluation import evaluate_tasks
+from polyprune.evaluation.stats import bootstrap_ci, rankc, rankc_items
+from polyprune.evaluation.tasks import (TASKS, XNLI_WORDS, CustomTask, encode_pair, get_task, load_custom_task,
+                                        tok_encode)
 
 
 def naive(model, ctx, cont):
@@ -99,6 +100,16 @@ def test_encode_pair_follows_hflm(tokenizer):
     # a string already starting with the decoded BOS gets no second BOS
     assert tok_encode(tokenizer, "<s>hi") == tokenizer.encode("<s>hi", add_special_tokens=False)
     assert tok_encode(tokenizer, "hi") == [bos] + tokenizer.encode("hi", add_special_tokens=False)
+
+
+def xnli_requests(doc, lang, tokenizer):
+    """Naive reference: the harness's XNLI requests with an empty context, written out."""
+    q, e, n, c = XNLI_WORDS[lang]
+    out = []
+    for w in (e, n, c):
+        cont = tokenizer(f" {doc['premise']}, {q}? {w}, {doc['hypothesis']}", add_special_tokens=False)["input_ids"]
+        out.append(([tokenizer.bos_token_id], cont))
+    return out
 
 
 def test_xnli_task_matches_evaluation(tokenizer):
@@ -186,7 +197,7 @@ def test_language_resolution():
         TASKS["xnli"].language("Klingon")
     with pytest.raises(PolypruneError, match="Unknown task"):
         get_task("nope")
-    assert get_task("PAWS-X") is TASKS["pawsx"] and get_task("ppl") == "flores_ppl"
+    assert get_task("PAWS-X") is TASKS["pawsx"] and get_task("ppl").name == "flores_ppl"
 
 
 # ------------------------------------------------------------------------------------------
@@ -195,7 +206,7 @@ def test_language_resolution():
 def test_metrics_match_naive(tmp_path, tokenizer):
     model = make_tiny_model("llama")
     make_data(tmp_path)
-    metrics = ("acc", "acc_norm", "acc_norm_chars", "prompt_mean")
+    metrics = ("acc", "acc_norm", "acc_bytes", "prompt_mean")
     res = evaluate_tasks(model, tokenizer, "xnli,xcopa,xwinograd,xstorycloze,pawsx", None, tmp_path,
                          metrics=metrics, bootstrap=0, batch_size=3, log_samples=True)
     assert not [r for r in res if r.metric == "error"]
@@ -211,8 +222,8 @@ def test_metrics_match_naive(tmp_path, tokenizer):
             lls = [naive(model, c, t) for c, t in pairs]
             lls_ref.append(lls)
             pm = [naive(model, (c + t)[:1], (c + t)[1:]) / (len(c + t) - 1) for c, t in pairs]
-            by_len = {"acc": [1] * len(lls), "acc_norm": [len(s.encode("utf-8")) for s in inst.choices],
-                      "acc_norm_chars": [len(s) for s in inst.choices]}
+            by_len = {"acc": [1] * len(lls), "acc_bytes": [len(s.encode("utf-8")) for s in inst.choices],
+                      "acc_norm": [len(s) for s in inst.choices]}
             for m in metrics:
                 score = pm if m == "prompt_mean" else [x / n for x, n in zip(lls, by_len[m])]
                 exp[m].append(float(int(np.argmax(score)) == inst.gold))
@@ -499,7 +510,7 @@ def test_identical_to_lm_eval(tmp_path, monkeypatch):
 
     res = evaluate_tasks(model, tok, sorted({t for t, _ in task_langs}),
                          {t: [l for tt, l in task_langs if tt == t] for t, _ in task_langs}, data,
-                         metrics=("acc", "acc_norm", "acc_norm_chars"), bootstrap=0, log_samples=True)
+                         metrics=("acc", "acc_norm", "acc_bytes"), bootstrap=0, log_samples=True)
     ours = {}
     for r in res:
         d = ours.setdefault((r.task, r.language), {"n": r.n})

@@ -18,8 +18,8 @@ through :func:`polyprune.tasks.evaluate_tasks` on :func:`polyprune.models.load_m
 folder, with ``batch_size=B`` documents (each with all its choices: 3B XNLI requests per
 forward pass; our peak memory is bounded by the engine's LM-head chunk of at most 2,048 scored
 rows, not by the batch, whereas the harness forms ``[B, tokens, vocab]`` float32 logits and
-their log-softmax). Reported per language: both accuracies (``acc``; the harness's ``acc_norm``
-against our ``acc_norm_chars``; the harness's ``acc_bytes`` against our ``acc_norm``), whether
+their log-softmax). Reported per language: the accuracies under the same names (``acc``,
+``acc_norm`` by characters, ``acc_bytes`` by bytes), whether
 they are identical, per-document prediction agreement and the largest absolute log-likelihood
 difference; both evaluation wall times (model loading excluded,
 reported separately; with ``--repeats R`` both run alternately R times and the minimum of each
@@ -124,10 +124,10 @@ def compare(ours: dict, theirs: dict) -> dict:
         rows[f"{key[0]}/{key[1]}"] = {
             "n": o["n"], "n_harness": h["n"],
             "acc_ours": o["acc"], "acc_harness": h["acc"], "acc_identical": o["acc"] == h["acc"],
-            "acc_norm_chars_ours": o.get("acc_norm_chars"), "acc_norm_harness": h["acc_norm"],
-            "acc_norm_identical": o.get("acc_norm_chars") == h["acc_norm"],
-            "acc_norm_bytes_ours": o.get("acc_norm"), "acc_bytes_harness": h["acc_bytes"],
-            "acc_bytes_identical": o.get("acc_norm") == h["acc_bytes"],
+            "acc_norm_ours": o.get("acc_norm"), "acc_norm_harness": h["acc_norm"],
+            "acc_norm_identical": o.get("acc_norm") == h["acc_norm"],
+            "acc_bytes_ours": o.get("acc_bytes"), "acc_bytes_harness": h["acc_bytes"],
+            "acc_bytes_identical": o.get("acc_bytes") == h["acc_bytes"],
             "predictions_agree": f"{agree}/{len(h['pred'])}", "max_abs_ll_diff": max_diff}
     return rows
 
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     from polyprune.models import ensure_demo_model, load_model
-    from polyprune.tasks import get_task, evaluate_tasks
+    from polyprune.evaluation import get_task, evaluate_tasks
 
     data = Path(a.data or os.environ.get("POLYPRUNE_DATA")
                 or Path(__file__).resolve().parents[3] / "shared" / "data")
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
         return evaluate_tasks(loaded.model, loaded.tokenizer, names,
                               {n: [c for m, c in task_langs if m == n] for n in names}, data,
                               split=a.split, limit=a.limit, batch_size=a.batch_size,
-                              metrics=("acc", "acc_norm", "acc_norm_chars"), bootstrap=0,
+                              metrics=("acc", "acc_norm", "acc_bytes"), bootstrap=0,
                               log_samples=True, model_name=str(model_dir))
 
     # alternate ours and the harness `repeats` times; the minimum of each is reported
@@ -221,8 +221,8 @@ def main(argv=None) -> int:
               "ours_seconds": ours_s, "ours_all_seconds": ours_times, "ours_load_seconds": load_ours}
     print(f"ours: {ours_s:.1f} s (min of {len(ours_times)}; load {load_ours:.1f} s)")
     for key, d in ours.items():
-        print(f"  {key[0]}/{key[1]}: acc {d['acc']:.4f} acc_norm(bytes) {d['acc_norm']:.4f} "
-              f"acc_norm_chars {d['acc_norm_chars']:.4f} (n={d['n']})")
+        print(f"  {key[0]}/{key[1]}: acc {d['acc']:.4f} acc_norm (chars) {d['acc_norm']:.4f} "
+              f"acc_bytes {d['acc_bytes']:.4f} (n={d['n']})")
     status = 0
     if lm is not None:
         import lm_eval

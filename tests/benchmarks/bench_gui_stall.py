@@ -30,7 +30,7 @@ from pathlib import Path
 
 def _calibration(tokenizer, samples: int, seq_len: int):
     from polyprune.demos import DemoConfig, build_calibration
-    from polyprune.recipe import default_data_dir
+    from polyprune.datasets import default_data_dir
 
     data = default_data_dir()
     flores = data / "flores200" if data is not None else None
@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from polyprune.jobs import JobRunner
     from polyprune.models import load_model
-    from polyprune.pruning import PruneConfig, prune
+    from polyprune.pruning import prune
+from polyprune.recipe import PruneConfig
 
     if a.threads is None:
         from polyprune.gui.app import gui_torch_threads

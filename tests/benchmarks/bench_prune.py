@@ -34,7 +34,7 @@ def _sync(device: str) -> None:
 @torch.inference_mode()
 def floor_pass(model, cal, batch_size: int, device: str) -> float:
     """Seconds for capture + two dense passes of every block (no hooks, no pruning)."""
-    from polyprune.blockwise import capture
+    from polyprune.pruning.sequential import capture
     from polyprune.models import find_blocks
 
     _sync(device)
@@ -71,8 +71,9 @@ def main(argv=None) -> int:
 
     from polyprune.demos import DemoConfig, build_calibration
     from polyprune.models import load_model
-    from polyprune.pruning import PruneConfig, prune, restore
-    from polyprune.recipe import default_data_dir
+    from polyprune.pruning import prune, restore
+from polyprune.recipe import PruneConfig
+    from polyprune.datasets import default_data_dir
 
     demos = a.demos
     if demos is None:

@@ -25,7 +25,7 @@ Mask selection (``group``), the product's contract:
   is ``floor(i2 · s) - floor(i1 · s)`` (cumulative rounding), chosen as the lowest saliencies of
   that row inside the block; the quotas telescope to ``floor(in · s)``. So the mask stays
   adaptive (chosen block by block from updated weights) *and* every row has the exact count —
-  the same count :func:`~polyprune.pruning.select_mask` gives Wanda.
+  the same count :func:`~polyprune.pruning.masking.select_mask` gives Wanda.
 * ``layer`` (the reference code's behaviour): per block the lowest saliencies over the whole
   ``[out, count]`` block, rows compete. The quota is ``floor(out·i2·s) - floor(out·i1·s)``, so
   the layer loses exactly ``floor(out · in · s)`` weights. (The reference takes
@@ -36,14 +36,28 @@ Mask selection (``group``), the product's contract:
 
 Dead input columns are removed *in addition* when the quota does not absorb them (their saliency
 is 0, so normally they are the first chosen and the count stays exact). Ties are broken by a
-stable sort (lower column index first), as in :func:`~polyprune.pruning.select_mask`.
+stable sort (lower column index first), as in :func:`~polyprune.pruning.masking.select_mask`.
+
+In the sequential engine, modules that read the same input (q/k/v, gate/up) share one Hessian;
+rows are independent for row and N:M masks, so such modules are pruned as one stacked matrix
+(fewer, larger column updates); layer masks stay per module. A module that saw no calibration
+token (e.g. an MoE expert nobody was routed to) gets ``H = I``: SparseGPT then reduces to
+magnitude pruning without cross-updates. Because SparseGPT changes kept weights too, its
+records keep the whole dense weight (:func:`~polyprune.pruning.records.write_weight`).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .errors import PolypruneError
+from ..errors import PolypruneError
+from ..models import weight_matrix
+from ..recipe import PruneConfig
+from .records import ModuleRecord, apply_mask, write_weight
+from .sequential import Gathered
+
+NEEDS_CALIBRATION = True
+CONTRAST = False
 
 
 class HessianStats:
@@ -72,7 +86,7 @@ class HessianStats:
         return self.xtx * (2.0 / max(self.tokens, 1))
 
 
-def attach_hessians(modules: dict[str, nn.Module], current_mask: list) -> tuple[dict[str, HessianStats], list]:
+def attach(modules: dict[str, nn.Module], current_mask: list) -> tuple[dict[str, HessianStats], list]:
     """Forward hooks accumulating each module's input into a :class:`HessianStats`.
 
     Modules that receive the same input tensor object (q/k/v, gate/up) share one statistic, so
@@ -213,3 +227,37 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, nm: tuple
     mask |= dead[None, :]
     W[mask] = 0
     return W, mask
+
+
+def prune_block(modules: dict[str, nn.Module], gathered: list[Gathered], sparsity: float, cfg: PruneConfig,
+                records: dict[str, ModuleRecord]) -> None:
+    """SparseGPT on every module of a block (see the module docstring for shared Hessians)."""
+    if not sparsity:  # e.g. an OWL block at 0: nothing to remove, nothing to update
+        for name, m in modules.items():
+            records[name] = apply_mask(m, torch.zeros_like(weight_matrix(m), dtype=torch.bool))
+        return
+    (g,) = gathered
+    nm = cfg.nm()
+    groups: dict = {}
+    for name in modules:
+        st = g.stats.get(name)
+        groups.setdefault(id(st) if st is not None and st.tokens else ("none", name), []).append(name)
+    for names in groups.values():
+        st = g.stats.get(names[0])
+        if st is not None and st.tokens:
+            H = st.hessian()
+        else:
+            w0 = weight_matrix(modules[names[0]])
+            H = torch.eye(w0.shape[1], dtype=torch.float32, device=w0.device)
+        parts = [names] if cfg.group == "row" or nm else [[n] for n in names]
+        for part in parts:
+            Ws = [weight_matrix(modules[n]) for n in part]
+            new, mask = sparsegpt_prune(torch.cat(Ws) if len(Ws) > 1 else Ws[0], H, sparsity, nm,
+                                        cfg.group, cfg.blocksize, cfg.damping)
+            r0 = 0
+            for n, w in zip(part, Ws):
+                r1 = r0 + w.shape[0]
+                records[n] = write_weight(modules[n], new[r0:r1], mask[r0:r1])
+                r0 = r1
+        del H
+

@@ -2,10 +2,11 @@
 
 A :class:`Result` is one number: ``(task, language, metric)`` with its value, an optional 95%
 confidence interval, the number of examples it rests on, the model and the run that produced it.
-Lists of results are saved as JSON (a list of records, each with at least ``task``, ``language``,
-``metric``, ``value``, ``n``; what ``polyprune evaluate --out FILE.json`` writes) or CSV, compared
-dense vs pruned with :func:`deltas`, and converted from/to the older
-:class:`~polyprune.evaluation.EvalRecord` that the pipeline report uses.
+Lists of results are saved as JSON (``{"polyprune": {...}, "results": [records]}``, each record with
+at least ``task``, ``language``, ``metric``, ``value``, ``n``; what ``polyprune evaluate --out
+FILE.json`` writes) or CSV (plain columns that ``pandas.read_csv`` reads as is, with the settings in
+a sidecar ``FILE.csv.polyprune.json``), and put side by side with :func:`compare` — the one way a
+dense and a pruned model (or any two variants) are compared.
 
 A failed ``(task, language)`` in a multi-task run is a :class:`Result` too: ``metric == "error"``,
 ``value`` NaN, ``error`` holding the message (file, line and field where the input was at fault).
@@ -15,31 +16,20 @@ Qt-free; imports nothing heavy.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .errors import PolypruneError
+from ..errors import PolypruneError
+from ..fileio import atomic_write_text, jsonable, write_json
 
-__all__ = [
-    "Result",
-    "new_run_id",
-    "to_records",
-    "save_json",
-    "load_json",
-    "save_csv",
-    "load_csv",
-    "save_results",
-    "load_results",
-    "deltas",
-    "from_eval_record",
-    "to_eval_record",
-]
+__all__ = ["Result", "new_run_id", "to_records", "save_json", "load_json", "save_csv", "load_csv", "save_results",
+           "load_results", "compare"]
 
 #: Column order of CSV files (``extra`` is a JSON-encoded object in its cell).
 CSV_COLUMNS = ("task", "language", "metric", "value", "ci_low", "ci_high", "n", "model", "run_id",
@@ -55,9 +45,9 @@ class Result:
             ``"flores_ppl"``, ``"flores_mt"``, or a custom task's name.
         language: the task's language code (two-letter code of the dataset, FLORES-200 code for
             perplexity, ``"fra_Latn-eng_Latn"`` for a translation direction).
-        metric: ``"acc"``, ``"acc_norm"`` (by UTF-8 bytes), ``"acc_norm_chars"`` (the harness's
-            ``acc_norm``), ``"prompt_mean"``, ``"rankc"``, ``"perplexity"``, ``"chrf++"``,
-            ``"bleu"``, or ``"error"``.
+        metric: ``"acc"``, ``"acc_norm"`` (normalised by characters, as lm-evaluation-harness),
+            ``"acc_bytes"`` (by UTF-8 bytes), ``"prompt_mean"``, ``"rankc"``, ``"perplexity"``,
+            ``"chrf++"``, ``"bleu"``, or ``"error"``.
         value: the metric's value (accuracies and RankC are fractions in [0, 1]; chrF++ and BLEU
             are sacreBLEU's 0-100 scores); NaN for an error row.
         ci_low, ci_high: bounds of the bootstrap 95% confidence interval, or ``None``.
@@ -86,7 +76,7 @@ class Result:
         return self.error is None
 
     def key(self) -> tuple[str, str, str]:
-        """``(task, language, metric)``: what :func:`deltas` matches on."""
+        """``(task, language, metric)``: what :func:`compare` matches on."""
         return (self.task, self.language, self.metric)
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,7 +84,7 @@ class Result:
         d = asdict(self)
         for k in ("value", "ci_low", "ci_high"):
             d[k] = _finite_or_none(d[k])
-        d["extra"] = _jsonable(d["extra"])
+        d["extra"] = jsonable(d["extra"])
         return d
 
     @classmethod
@@ -149,22 +139,6 @@ def _opt_float(v) -> float | None:
     return float(v)
 
 
-def _jsonable(obj):
-    """Replace non-finite floats by ``None`` recursively (JSON has no NaN)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
-        try:
-            return _jsonable(obj.item())
-        except (TypeError, ValueError):
-            return str(obj)
-    return obj
-
-
 def new_run_id() -> str:
     """A fresh run identifier: UTC time plus 6 random hex digits, e.g. ``20260101T120000-1a2b3c``."""
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
@@ -175,18 +149,11 @@ def to_records(results: Iterable[Result]) -> list[dict[str, Any]]:
     return [r.to_dict() for r in results]
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def save_json(results: Iterable[Result], path) -> Path:
-    """Write ``results`` as a JSON list of records (UTF-8, indented); returns the path."""
-    p = Path(path).expanduser()
-    _atomic_write(p, json.dumps(to_records(results), indent=2, ensure_ascii=False) + "\n")
-    return p
+def save_json(results: Iterable[Result], path, settings: dict | None = None) -> Path:
+    """Write ``results`` as strict JSON ``{"polyprune": ..., "settings": ..., "results": [records]}``
+    atomically; returns the path."""
+    return write_json(Path(path).expanduser(), {"settings": settings or {}, "results": to_records(results)},
+                      kind="evaluation results")
 
 
 def load_json(path) -> list[Result]:
@@ -213,11 +180,10 @@ def load_json(path) -> list[Result]:
     return [Result.from_dict(d, f"{p}, record {i + 1}") for i, d in enumerate(data)]
 
 
-def save_csv(results: Iterable[Result], path) -> Path:
+def save_csv(results: Iterable[Result], path, settings: dict | None = None) -> Path:
     """Write ``results`` as CSV with columns :data:`CSV_COLUMNS` (``extra`` JSON-encoded;
-    NaN and ``None`` as empty cells)."""
+    NaN and ``None`` as empty cells) and the settings in a sidecar ``<name>.polyprune.json``."""
     p = Path(path).expanduser()
-    import io
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
@@ -234,7 +200,9 @@ def save_csv(results: Iterable[Result], path) -> Path:
                 v = repr(v)
             row.append(v)
         w.writerow(row)
-    _atomic_write(p, buf.getvalue())
+    atomic_write_text(p, buf.getvalue())
+    write_json(p.with_name(p.name + ".polyprune.json"), {"settings": settings or {}, "columns": list(CSV_COLUMNS)},
+               kind="settings of " + p.name)
     return p
 
 
@@ -266,10 +234,10 @@ def load_csv(path) -> list[Result]:
     return out
 
 
-def save_results(results: Iterable[Result], path) -> Path:
+def save_results(results: Iterable[Result], path, settings: dict | None = None) -> Path:
     """Save by suffix: ``.csv`` as CSV, anything else as JSON."""
     p = Path(path)
-    return save_csv(results, p) if p.suffix.lower() == ".csv" else save_json(results, p)
+    return save_csv(results, p, settings) if p.suffix.lower() == ".csv" else save_json(results, p, settings)
 
 
 def load_results(path) -> list[Result]:
@@ -278,8 +246,9 @@ def load_results(path) -> list[Result]:
     return load_csv(p) if p.suffix.lower() == ".csv" else load_json(p)
 
 
-def deltas(dense: Sequence[Result], pruned: Sequence[Result]) -> list[dict[str, Any]]:
-    """Dense vs pruned rows matched on ``(task, language, metric)``.
+def compare(dense: Sequence[Result], pruned: Sequence[Result]) -> list[dict[str, Any]]:
+    """Two sets of results side by side (dense vs pruned, or any reference vs variant), matched on
+    ``(task, language, metric)``.
 
     Returns:
         Dicts with ``task, language, metric, n, dense, pruned, delta, rel_delta, dense_ci,
@@ -315,34 +284,3 @@ def deltas(dense: Sequence[Result], pruned: Sequence[Result]) -> list[dict[str, 
             seen.add(p.key())
             rows.append(row(None, p))
     return rows
-
-
-def from_eval_record(record, model: str = "", run_id: str = "") -> Result:
-    """Convert an :class:`~polyprune.evaluation.EvalRecord` (``ci_low``/``ci_high``, and
-    ``model``/``run_id``/``error`` unless given, are taken from ``extra`` when present there, as
-    :func:`to_eval_record` puts them; the rest of ``extra`` is kept)."""
-    extra = dict(record.extra or {})
-    lo, hi = extra.pop("ci_low", None), extra.pop("ci_high", None)
-    model = model or str(extra.pop("model", "") or "")
-    run_id = run_id or str(extra.pop("run_id", "") or "")
-    error = extra.pop("error", None) or None
-    return Result(task=record.task, language=record.language, metric=record.metric,
-                  value=float(record.value), ci_low=lo, ci_high=hi, n=int(record.n), model=model,
-                  run_id=run_id, extra=extra, error=error)
-
-
-def to_eval_record(result: Result):
-    """Convert to an :class:`~polyprune.evaluation.EvalRecord` (the pipeline's record); the CI,
-    model, run id and error go into ``extra``."""
-    from .evaluation import EvalRecord
-
-    extra = dict(result.extra)
-    if result.ci_low is not None:
-        extra["ci_low"], extra["ci_high"] = result.ci_low, result.ci_high
-    if result.model:
-        extra["model"] = result.model
-    if result.run_id:
-        extra["run_id"] = result.run_id
-    if result.error:
-        extra["error"] = result.error
-    return EvalRecord(result.task, result.language, result.metric, result.value, result.n, extra)

@@ -25,56 +25,33 @@ Qt-free. Long functions take ``progress`` and stop with :class:`~polyprune.error
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import Sequence
 
 import torch
+from transformers import StoppingCriteriaList
 
-from .errors import PolypruneError
-from .evaluation import _flores_file
-from .progress import Progress, ensure
+from ..datasets import read_flores
+from ..errors import PolypruneError
+from ..languages import FLORES_LANGUAGES, resolve_language
+from ..progress import Progress, ensure
 from .results import Result
 
-__all__ = [
-    "PROMPT_TEMPLATE",
-    "select_demos",
-    "select_demo_indices",
-    "build_prompt",
-    "generate_greedy",
-    "score_translations",
-    "read_flores",
-    "flores_translation",
-]
 
 #: One demonstration: source line, target line, blank line.
 PROMPT_TEMPLATE = "{src_name}: {src}\n{tgt_name}: {tgt}\n\n"
 
 
-def select_demos(src: Sequence[str], tgt: Sequence[str], shots: int, *, max_chars: int | None = 100,
-                 seed: int = 0) -> list[tuple[str, str]]:
-    """Pick ``shots`` aligned demonstration pairs.
+def select_demo_indices(src: Sequence[str], tgt: Sequence[str], shots: int, *,
+                        max_chars: int | None = 100, seed: int = 0) -> list[int]:
+    """0-based line numbers of ``shots`` aligned demonstration pairs (sorted).
 
     Eligible pairs have both sides non-empty and shorter than ``max_chars`` characters (Kim et
-    al. 2024: shorter than 100; ``None`` = any length). ``shots`` of them are drawn with
-    ``random.Random(seed)`` and returned in file order.
-
-    Returns:
-        ``[(src_i, tgt_i), ...]``, fewer than ``shots`` only if fewer pairs are eligible.
+    al. 2024: shorter than 100; ``None`` = any length); ``shots`` of them are drawn with
+    ``random.Random(seed)``; fewer only if fewer pairs are eligible.
 
     Raises:
         PolypruneError: ``src`` and ``tgt`` differ in length (files not aligned), or ``shots < 0``.
     """
-    if len(src) != len(tgt):
-        raise PolypruneError(f"Demonstration files are not aligned: {len(src)} vs {len(tgt)} lines",
-                             "use FLORES-200 dev files of the same release")
-    if shots < 0:
-        raise PolypruneError(f"shots must be >= 0, got {shots}", "use 0 for zero-shot")
-    return [(src[i], tgt[i]) for i in select_demo_indices(src, tgt, shots, max_chars=max_chars, seed=seed)]
-
-
-def select_demo_indices(src: Sequence[str], tgt: Sequence[str], shots: int, *,
-                        max_chars: int | None = 100, seed: int = 0) -> list[int]:
-    """0-based line numbers of the pairs :func:`select_demos` picks (sorted)."""
     if len(src) != len(tgt):
         raise PolypruneError(f"Demonstration files are not aligned: {len(src)} vs {len(tgt)} lines",
                              "use FLORES-200 dev files of the same release")
@@ -139,8 +116,6 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], *, batch_size: int
     progress = ensure(progress)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    from transformers import StoppingCriteriaList
-
     enc = [list(tokenizer(p)["input_ids"]) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(enc[i]))
     pad = tokenizer.pad_token_id
@@ -202,27 +177,6 @@ def score_translations(hypotheses: Sequence[str], references: Sequence[str]) -> 
             "bleu": float(BLEU().corpus_score(hyps, refs).score)}
 
 
-def read_flores(flores_dir, code: str, split: str, limit: int | None = None) -> list[str]:
-    """Lines of ``<flores_dir>/<split>/<code>.<split>`` (first ``limit``; line order kept).
-
-    Raises:
-        PolypruneError: the file is missing or empty.
-    """
-    root = Path(flores_dir).expanduser()
-    f = _flores_file(root, split, code)
-    if f is None:
-        raise PolypruneError(f"No FLORES-200 file for {code!r}: expected {root / split / f'{code}.{split}'}",
-                             "point the data folder at FLORES-200 with dev/ and devtest/, and use "
-                             "FLORES-200 codes such as eng_Latn, fra_Latn")
-    with open(f, encoding="utf-8") as fh:
-        lines = [ln.rstrip("\r\n") for ln in fh]
-    if limit is not None:
-        lines = lines[:limit]
-    if not any(s.strip() for s in lines):
-        raise PolypruneError(f"FLORES file {f} has no sentences", "check the file")
-    return lines
-
-
 def flores_translation(model, tokenizer, flores_dir, src: str, tgt: str, *, shots: int = 4,
                        limit: int | None = 100, split: str = "devtest", demo_split: str = "dev",
                        batch_size: int = 8, max_new_tokens: int = 64, max_demo_chars: int | None = 100,
@@ -254,8 +208,6 @@ def flores_translation(model, tokenizer, flores_dir, src: str, tgt: str, *, shot
         PolypruneError: unknown language, missing FLORES files, sacrebleu missing.
         Cancelled: on cancel.
     """
-    from .languages import FLORES_LANGUAGES, resolve_language
-
     s_code, t_code = resolve_language(src), resolve_language(tgt)
     s_name, t_name = FLORES_LANGUAGES[s_code], FLORES_LANGUAGES[t_code]
     dev_s = read_flores(flores_dir, s_code, demo_split)
@@ -279,3 +231,49 @@ def flores_translation(model, tokenizer, flores_dir, src: str, tgt: str, *, shot
     lang = f"{s_code}-{t_code}"
     return [Result("flores_mt", lang, m, scores[m], None, None, len(sources), model_name, run_id, dict(extra))
             for m in ("chrf++", "bleu")]
+
+
+class FloresTranslationTask:
+    """The ``flores_mt`` task: few-shot translation between English and a language, both
+    directions by default (``directions``: ``both``, ``xx-en`` or ``en-xx``), chrF++ and BLEU."""
+
+    name = "flores_mt"
+    aliases = ("translation", "mt")
+    languages = tuple(FLORES_LANGUAGES)
+    default_split = "devtest"
+    kind = "translation"
+
+    def language(self, lang: str) -> str:
+        """The FLORES-200 code of ``lang`` (raises for an unknown language)."""
+        return resolve_language(str(lang))
+
+    def available_languages(self, data_dir, split: str | None = None) -> list[str]:
+        """Every FLORES language (the files are checked when the task runs)."""
+        return []
+
+    def run(self, model, tokenizer, lang: str, data_dir, *, split=None, limit=None, translation=None,
+            progress=None, model_name="", run_id="", **_) -> list[Result]:
+        """Translation between English and ``lang`` (English itself gives no rows)."""
+        if data_dir is None:
+            raise PolypruneError("FLORES-200 is read from local files only",
+                                 "give the data folder (--data DIR) with flores200/dev and flores200/devtest")
+        progress = ensure(progress)
+        opts = dict(translation or {})
+        code = self.language(lang)
+        if code == "eng_Latn":
+            return []  # English is the pivot of every direction
+        directions = opts.get("directions", "both")
+        if directions not in ("both", "xx-en", "en-xx"):
+            raise PolypruneError(f"Unknown translation directions {directions!r}", "use both, xx-en or en-xx")
+        pairs = ([(code, "eng_Latn")] if directions in ("both", "xx-en") else []) + \
+                ([("eng_Latn", code)] if directions in ("both", "en-xx") else [])
+        out = []
+        for k, (s, t) in enumerate(pairs):
+            out.extend(flores_translation(
+                model, tokenizer, data_dir, s, t, shots=int(opts.get("shots", 4)),
+                limit=limit if limit is not None else opts.get("limit"), split=split or self.default_split,
+                batch_size=int(opts.get("batch_size", 8)), max_new_tokens=int(opts.get("max_new_tokens", 64)),
+                max_demo_chars=opts.get("max_demo_chars", 100), seed=int(opts.get("seed", 0)),
+                progress=progress.sub(k / len(pairs), (k + 1) / len(pairs)), model_name=model_name, run_id=run_id))
+        return out
+

@@ -15,25 +15,26 @@ usual). Blocks with more outliers are pruned less:
 so the densities span an interval of width ``2λ`` centred (in the mean) on ``1 - S``, and the
 **plain mean of the block sparsities over the pruned blocks is exactly S** (up to float64
 rounding), as in the OWL code; with blocks of equal size (every transformer LM we prune) this is
-also the parameter-weighted mean. :class:`~polyprune.pruning.PruneResult` reports the per-block
+also the parameter-weighted mean. :class:`~polyprune.pruning.records.PruneResult` reports the per-block
 targets and the measured, parameter-weighted overall sparsity. When every ``D_l`` is equal the
 allocation is uniform (the OWL code divides by zero there). Inside a layer the comparison group
 stays the row (``floor(in · s_l)`` weights per row), so the measured block sparsity is the
 floor-rounded target.
 
 N:M patterns have one fixed sparsity (N/M) and cannot take non-uniform layer sparsities:
-:meth:`~polyprune.pruning.PruneConfig.validate` rejects that combination.
+:meth:`~polyprune.recipe.PruneConfig.validate` rejects that combination.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .blockwise import attach_stats, capture
-from .demos import CalibrationSet
-from .errors import PolypruneError
-from .models import weight_matrix
-from .progress import Progress, ensure
+from ..calibration import CalibrationSet
+from ..errors import PolypruneError
+from ..models import weight_matrix
+from ..progress import Progress, ensure
+from . import wanda
+from .sequential import Gathered, run, run_block
 
 
 def outlier_ratio(scores: list[torch.Tensor], m: float) -> float:
@@ -89,31 +90,20 @@ def outlier_ratios(model: nn.Module, calibration: CalibrationSet, selected: list
     Returns:
         ``[D_0, ..., D_{L-1}]`` (``None`` for blocks without pruned linears).
     """
-    from .models import find_blocks
-
     progress = ensure(progress)
-    _, blocks = find_blocks(model)
-    inputs = capture(model, list(calibration.batches(batch_size)))
-    current_mask: list = [None]
     out: list[float | None] = []
-    for i, block in enumerate(blocks):
-        progress.update(i, len(blocks), f"OWL outlier ratios, block {i + 1}/{len(blocks)}")
+
+    def per_block(i, block, inputs) -> bool:
+        (inp,) = inputs
         sel = selected[i]
-        stats, handles = attach_stats(sel, current_mask) if sel else ({}, [])
-        try:
-            for b, h in enumerate(inputs.hidden):
-                progress.check()
-                current_mask[0] = inputs.token_masks[b]
-                inputs.hidden[b] = inputs.calls[i][b].call(block, h)  # block unchanged: output = next input
-        finally:
-            for hd in handles:
-                hd.remove()
-            current_mask[0] = None
+        stats = run_block(block, i, inp, progress, wanda.attach, sel, update=True)  # dense: output = next input
         if sel:
-            scores = [weight_matrix(mod).abs().float() * (stats[name].sumsq / inputs.n_samples).sqrt()[None, :]
-                      for name, mod in sel.items()]
-            out.append(outlier_ratio(scores, m))
+            g = Gathered(stats, inp.n_samples)
+            out.append(outlier_ratio([wanda.wanda_score(weight_matrix(mod), wanda.column_norms(g, name))
+                                      for name, mod in sel.items()], m))
         else:
             out.append(None)
-    progress.update(len(blocks), len(blocks), "OWL outlier ratios done")
+        return True
+
+    run(model, [list(calibration.batches(batch_size))], per_block, progress, "OWL outlier ratios,")
     return out
