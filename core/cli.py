@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .errors import Cancelled, PolypruneError
 from .progress import tqdm_progress
-from .recipe import METRICS, DemoConfig, EvalConfig, FeatureConfig, PruneConfig, Recipe
+from .recipe import METRICS, DemoConfig, EvalConfig, FeatureConfig, PruneConfig, Recipe, check_metrics
 
 #: Feature packages that add subcommands (module path, imported lazily to keep ``--help`` fast).
 COMMAND_MODULES: list[str] = []
@@ -234,6 +234,8 @@ def cmd_evaluate(a) -> int:
         raise PolypruneError("Nothing to evaluate",
                              "give --tasks (xnli,pawsx,xcopa,xstorycloze,xwinograd,flores_ppl,flores_mt) and --languages")
     data = data_dir(a.data)
+    check_metrics(split_list(a.metrics))
+    check_tasks(tasks, langs, data, a.split)
     if a.out:
         check_output(a.out, sources=[a.model] if Path(a.model).expanduser().exists() else [], kind="file",
                      overwrite=a.overwrite, what="results file")
@@ -258,6 +260,26 @@ def cmd_evaluate(a) -> int:
         settings = {k: v for k, v in vars(a).items() if k not in ("func",)}
         _log(f"Wrote {save_results(results, a.out, settings)}")
     return 1 if any(r.error for r in results) else 0
+
+
+def check_tasks(tasks: list[str], langs, data: Path, split: str | None) -> None:
+    """Before a model is loaded: every task is known and every (task, language) has its files.
+
+    Raises:
+        PolypruneError: an unknown task or language, or a missing file (named).
+    """
+    from .evaluation.runner import check_data
+
+    per = langs if isinstance(langs, dict) else {t: langs for t in tasks}
+    for t in tasks:
+        given = per.get(t)
+        cfg = EvalConfig(tasks=[t], languages=list(given or []), data=str(data), task_split=split,
+                         split=split or _E.split)
+        if given:
+            check_data(cfg)
+        else:
+            from .evaluation import get_task
+            get_task(t)
 
 
 def _default_device() -> str:
@@ -304,6 +326,11 @@ def cmd_recipe(a) -> int:
         recipe.out = str(Path(a.out).expanduser().resolve())
     elif a.cmd == "demo":
         recipe.out = str(fresh_folder(Path("runs") / "demo"))
+    elif recipe.out and Path(recipe.out).exists() and not a.overwrite:
+        new = fresh_folder(Path(recipe.out))
+        _log(f"Note: {recipe.out} already exists; writing to {new} (give --out to choose, or --overwrite to replace "
+             "an earlier Polyprune output)")
+        recipe.out = str(new)
     recipe.overwrite = bool(a.overwrite)
     return cmd_run(recipe, a.cmd)
 
@@ -328,6 +355,10 @@ def cmd_study(a) -> int:
         print_summary(load_rows(folder), load_agreement(folder), paired=load_paired(folder))
         return 0
     cfg = load_study(a.study)
+    if getattr(cfg, "requested_trust_remote_code", False) and not a.trust_remote_code:
+        _log("Note: the study asks for trust_remote_code; a study file cannot switch it on. "
+             "Pass --trust-remote-code if you trust the model's authors.")
+    cfg.trust_remote_code = a.trust_remote_code
     if a.out:
         cfg.out = a.out
     if a.device:
@@ -360,10 +391,18 @@ def demo_recipe_path() -> Path:
 # --------------------------------------------------------------------------------------------
 # parser
 # --------------------------------------------------------------------------------------------
+class Parser(argparse.ArgumentParser):
+    """argparse with the error contract: a bad argument is a :class:`PolypruneError` (exit 2,
+    one line naming the problem, one naming the fix), not argparse's usage dump."""
+
+    def error(self, message: str):  # noqa: D102 - argparse hook
+        raise PolypruneError(f"{self.prog}: {message}", f"see '{self.prog} --help' for the options and their values")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="polyprune",
-                                 description="Prune, inspect and slim multilingual LLMs with translation demonstrations.")
-    sub = ap.add_subparsers(dest="cmd")
+    ap = Parser(prog="polyprune",
+                description="Prune, inspect and slim multilingual LLMs with translation demonstrations.")
+    sub = ap.add_subparsers(dest="cmd", parser_class=Parser)
 
     p = sub.add_parser("prune", help="prune a model (Wanda, SparseGPT, magnitude, refined metric) and export it")
     add_model_args(p)
@@ -442,6 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="override the study's output folder")
     p.add_argument("--device", default=None, help="cpu, cuda[:N] or mps")
     p.add_argument("--show", action="store_true", help="only print the tables of an existing study folder")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow model code shipped with the checkpoint (a study file cannot switch this on)")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("demo", help="run the built-in demo recipe headless (demo model, built-in demonstrations)")
@@ -478,8 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:  # noqa: BLE001 - logging set-up is optional
         pass
     argv = sys.argv[1:] if argv is None else list(argv)
-    a = build_parser().parse_args(argv)
     try:
+        a = build_parser().parse_args(argv)
         if a.cmd is None:
             return cmd_gui(a)
         return a.func(a)

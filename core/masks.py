@@ -115,14 +115,43 @@ def save_masks(masks, path: str | Path, model_info: dict | nn.Module | None = No
     return p
 
 
-def load_masks(path: str | Path, unpack: bool = True) -> MaskSet:
+def _damaged(p: Path, what: str) -> PolypruneError:
+    return PolypruneError(f"The mask file {p} is damaged: {what}",
+                          "use the masks.safetensors written by a pruning run or study (write it again if needed)")
+
+
+def _declared_shapes(p: Path, meta: dict, keys: list[str], f) -> dict[str, list[int]]:
+    """The module shapes a packed mask file declares, checked against the packed tensors' lengths
+    before anything is read or allocated."""
+    try:
+        shapes = json.loads(meta.get("shapes", ""))
+    except json.JSONDecodeError:
+        raise _damaged(p, "its list of module shapes is not valid JSON") from None
+    if not isinstance(shapes, dict) or set(shapes) != set(keys):
+        raise _damaged(p, "its list of module shapes does not match the masks it holds")
+    for k, shp in shapes.items():
+        if not (isinstance(shp, list) and len(shp) == 2 and all(isinstance(v, int) and 0 < v < 2 ** 31 for v in shp)):
+            raise _damaged(p, f"the shape of {k} is {shp!r}, not [rows, columns]")
+        got = f.get_slice(k).get_shape()
+        if got != [-(-shp[0] * shp[1] // 8)]:
+            raise _damaged(p, f"{k} holds {got[0] if got else 0} bytes, but a [{shp[0]}, {shp[1]}] mask needs "
+                              f"{-(-shp[0] * shp[1] // 8)} (truncated or altered)")
+    return shapes
+
+
+def load_masks(path: str | Path, unpack: bool = True, model: nn.Module | None = None) -> MaskSet:
     """Read a mask set written by :func:`save_masks` (or an unpacked bool mask file).
+
+    The header is checked before any tensor is read: every declared shape must match the stored
+    bytes, and with ``model`` every mask must name one of the model's prunable layers with its
+    shape; so a damaged or hostile file never makes Polyprune allocate what it claims.
 
     ``unpack=False`` keeps a packed file packed (``MaskSet.masks`` stays empty): fast, and enough
     for :func:`agreement` and :meth:`MaskSet.sparsity`.
 
     Raises:
-        PolypruneError: missing file, not a safetensors file, or not a Polyprune mask set.
+        PolypruneError: missing file, not a safetensors file, not a Polyprune mask set, a damaged
+            file, or masks for another model.
     """
     p = Path(path).expanduser()
     if not p.is_file():
@@ -130,25 +159,47 @@ def load_masks(path: str | Path, unpack: bool = True) -> MaskSet:
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = dict(f.metadata() or {})
-            raw = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for corrupt files
+            keys = list(f.keys())
+            if meta.get("format") != FORMAT:
+                raise PolypruneError(f"{p} is not a Polyprune mask set (format {meta.get('format')!r})",
+                                     "give a masks.safetensors file written by Polyprune")
+            packed_file = meta.get("packing") == PACKING
+            shapes = _declared_shapes(p, meta, keys, f) if packed_file else \
+                {k: list(f.get_slice(k).get_shape()) for k in keys}
+            if model is not None:
+                check_mask_shapes(shapes, model)
+            raw = {k: f.get_tensor(k) for k in keys}
+    except PolypruneError:
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for corrupt files
         raise PolypruneError(f"{p} is not a readable safetensors file ({type(e).__name__})",
                              "give a masks.safetensors file written by Polyprune") from e
-    if meta.get("format") != FORMAT:
-        raise PolypruneError(f"{p} is not a Polyprune mask set (format {meta.get('format')!r})",
-                             "give a masks.safetensors file written by Polyprune")
-    masks = {}
-    if meta.get("packing") == PACKING:
-        shapes = json.loads(meta["shapes"])
+    if packed_file:
         packed = {k: t.numpy() for k, t in raw.items()}
         if not unpack:
             return MaskSet({}, meta, packed, shapes)
-        for k, v in packed.items():
-            n = shapes[k][0] * shapes[k][1]
-            masks[k] = torch.from_numpy(np.unpackbits(v, count=n).astype(bool).reshape(shapes[k]))
+        masks = {k: torch.from_numpy(np.unpackbits(v, count=shapes[k][0] * shapes[k][1]).astype(bool)
+                                     .reshape(shapes[k])) for k, v in packed.items()}
         return MaskSet(masks, meta, packed, shapes)
-    masks = {k: t.bool() for k, t in raw.items()}
-    return MaskSet(masks, meta)
+    return MaskSet({k: t.bool() for k, t in raw.items()}, meta)
+
+
+def check_mask_shapes(shapes: dict[str, list[int]], model: nn.Module) -> None:
+    """Every mask names a prunable layer of ``model`` with the layer's ``[out, in]`` shape.
+
+    Raises:
+        PolypruneError: the first mask that does not fit (named).
+    """
+    mods = all_prunable(model)
+    for name, shp in shapes.items():
+        if name not in mods:
+            raise PolypruneError(f"The mask set has a mask for {name}, which this model does not have "
+                                 f"({len(shapes)} masks; the model has {len(mods)} prunable layers)",
+                                 "apply masks to the same model architecture they were made for")
+        want = list(weight_matrix(mods[name]).shape)
+        if list(shp) != want:
+            raise PolypruneError(f"Mask {name} has shape {tuple(shp)} but the weight is {tuple(want)} ([out, in])",
+                                 "use masks made for this model")
 
 
 def apply_masks(model: nn.Module, masks, check_model: bool = True) -> dict:
@@ -171,15 +222,7 @@ def apply_masks(model: nn.Module, masks, check_model: bool = True) -> dict:
     """
     m = as_masks(masks)
     mods = all_prunable(model)
-    for name, mask in m.items():
-        if name not in mods:
-            raise PolypruneError(f"The mask set has a mask for {name}, which this model does not have "
-                                 f"({len(m)} masks; the model has {len(mods)} prunable layers)",
-                                 "apply masks to the same model architecture they were made for")
-        shape = tuple(weight_matrix(mods[name]).shape)
-        if tuple(mask.shape) != shape:
-            raise PolypruneError(f"Mask {name} has shape {tuple(mask.shape)} but the weight is {shape} ([out, in])",
-                                 "use masks made for this model")
+    check_mask_shapes({k: list(v.shape) for k, v in m.items()}, model)
     if check_model and isinstance(masks, MaskSet) and "model_signature" in masks.meta:
         sig = model_signature(model)
         if masks.meta["model_signature"] != sig["signature"]:

@@ -249,9 +249,12 @@ def convert_gguf(gguf_path: Path, progress: Progress | None = None) -> Path:
         progress.update(1, 3, "De-quantising GGUF weights")
         model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
                                                      dtype=torch.float32)
-    except (ValueError, OSError, KeyError, RuntimeError) as e:
-        raise PolypruneError(f"Could not read GGUF file {gguf_path}: {e}",
-                             "check that the file is a complete GGUF causal LM supported by transformers") from e
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged or unsupported file raises many kinds of errors
+        raise PolypruneError(f"Could not read the GGUF file {gguf_path} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
+                             "check that the file is a complete GGUF causal LM that transformers supports "
+                             "(download it again if it may be damaged)") from e
     _drop_gguf_quantizer(model)
     progress.update(2, 3, "Saving converted copy")
 
@@ -311,6 +314,42 @@ def _check_causal(model: nn.Module, spec: str) -> None:
                              "choose a decoder-only causal LM (XGLM, BLOOM, mGPT, Gemma, Qwen, Llama); encoder models like BERT cannot be pruned here")
 
 
+def check_finite_weights(model: nn.Module, spec: str) -> None:
+    """Refuse a model whose weights hold NaN or infinity (a damaged checkpoint).
+
+    Raises:
+        PolypruneError: naming the first parameter that is not finite.
+    """
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+                raise PolypruneError(f"The weights of {spec} are damaged: {name} holds NaN or infinite values",
+                                     "download or copy the model again; Polyprune does not prune or export such a model")
+
+
+def context_length(config) -> int | None:
+    """The model's context in tokens (``max_position_embeddings``, ``n_positions``, ``n_ctx`` of the
+    text config), or ``None`` for models without a fixed limit (ALiBi, e.g. BLOOM)."""
+    cfg = getattr(config, "text_config", None) or config
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx"):
+        v = getattr(cfg, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def check_sequence_length(config, length: int, what: str = "calibration length", control: str = "--seq-len") -> None:
+    """Refuse sequences longer than the model's context.
+
+    Raises:
+        PolypruneError: naming the context length and the control to change.
+    """
+    ctx = context_length(config)
+    if ctx is not None and length > ctx:
+        raise PolypruneError(f"The {what} of {length} tokens is longer than the model's context of {ctx} tokens",
+                             f"set the {what} ({control}) to {ctx} or less")
+
+
 def resolve_local(spec: str, progress: Progress | None = None) -> Path | None:
     """Turn a spec into a local folder (converting ``demo`` and ``.gguf``), or ``None`` for hub ids.
 
@@ -321,7 +360,7 @@ def resolve_local(spec: str, progress: Progress | None = None) -> Path | None:
         return ensure_demo_model(progress)
     p = Path(spec).expanduser()
     looks_like_path = p.is_absolute() or spec.startswith((".", "~")) or p.suffix == ".gguf" or p.exists() \
-        or spec.count("/") != 1
+        or spec.count("/") != 1 or p.parent.is_dir()  # "models/nope" beside a local models/ folder is a path
     if not looks_like_path:
         return None  # hub id "org/name"
     if not p.exists():
@@ -367,8 +406,9 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32", trust_rem
         cfg = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except OSError as e:
         if local is None:
-            raise PolypruneError(f"Could not download {spec!r} from the Hugging Face hub ({type(e).__name__})",
-                                 "check the id and your network, or download the model and give its local folder") from e
+            raise PolypruneError(f"Could not download {spec!r} from the Hugging Face hub ({type(e).__name__}); "
+                                 f"there is no local folder {Path(spec).resolve()} either",
+                                 "check the id and your network, or give the path of a local model folder") from e
         raise PolypruneError(f"Could not read the model config in {source}: {e}",
                              "check that config.json is a valid Hugging Face config") from e
     except ValueError as e:
@@ -386,21 +426,29 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32", trust_rem
                                                      trust_remote_code=trust_remote_code)
     except ValueError as e:
         raise PolypruneError(f"{spec} ({cfg.model_type}) is not a causal language model that transformers can load: "
-                             f"{str(e).splitlines()[0]}",
+                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}",
                              "choose a decoder-only causal LM (XGLM, BLOOM, mGPT, Gemma, Qwen, Llama)") from e
-    except OSError as e:
-        raise PolypruneError(f"Could not load the weights of {spec}: {e}",
-                             "check that the folder holds complete weights (safetensors or .bin)") from e
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - damaged weight files raise OSError, SafetensorError, RuntimeError, ...
+        raise PolypruneError(f"Could not read the weights of {spec}: they look damaged or incomplete "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
+                             "download or copy the model again (the folder needs complete safetensors or .bin "
+                             "files)") from e
     progress.update(1, 2, "Loading tokenizer")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise PolypruneError(f"Could not load the tokenizer of {spec}: {e}",
-                             "save the tokenizer in the model folder (tokenizer.json or tokenizer.model)") from e
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged tokenizer.json raises errors of the tokenizers library
+        raise PolypruneError(f"Could not load the tokenizer of {spec} ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:200] if str(e) else ''})",
+                             "save a complete tokenizer in the model folder (tokenizer.json or tokenizer.model)") from e
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     model.to(device)
+    check_finite_weights(model, spec)
     _check_causal(model, spec)
     find_blocks(model)
     progress.update(2, 2, "Loaded")

@@ -23,20 +23,23 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+import psutil
 import torch
 import transformers
 
 from . import __version__
-from .calibration import CalibrationSet, build
+from .calibration import CalibrationSet, build, check as check_spec, normalize_spec
 from .datasets import default_data_dir
 from .errors import PolypruneError
 from .evaluation import Result, compare, evaluate as evaluate_config
+from .evaluation.runner import check_data
 from .export import ExportResult, export, write_report_folder
 from .features import FeatureResult, feature_magnitudes, overlap, top_k
 from .fileio import check_output
-from .models import LoadedModel, find_blocks, load_model
+from .models import LoadedModel, check_sequence_length, find_blocks, load_model
 from .progress import Progress, ensure
 from .pruning import PruneResult, dense_view, prune
+from .pruning.sequential import capture_bytes
 from .recipe import EvalConfig, FeatureConfig, Recipe, demos_spec
 
 
@@ -50,9 +53,15 @@ def versions() -> dict:
 # stages
 # --------------------------------------------------------------------------------------------
 def build_calibration(loaded: LoadedModel, spec: dict, progress: Progress | None = None) -> CalibrationSet:
-    """The calibration set of a spec (:func:`polyprune.calibration.build`) for the model's tokenizer."""
+    """The calibration set of a spec (:func:`polyprune.calibration.build`) for the model's tokenizer.
+
+    Raises:
+        PolypruneError: a bad spec, missing data, or a calibration length longer than the model's
+            context.
+    """
     progress = ensure(progress)
     progress.update(0, 1, "Building the calibration set")
+    check_sequence_length(loaded.model.config, int(normalize_spec(spec)["seq_len"]))
     cal = build(spec, loaded.tokenizer)
     progress.update(1, 1, f"Calibration set: {len(cal)} samples, {cal.n_tokens} tokens")
     return cal
@@ -121,8 +130,28 @@ def prune_model(loaded: LoadedModel, recipe: Recipe, progress: Progress | None =
                                  "set the contrast text (--contrast-text FILE, or contrast: {kind: text, file: ...} "
                                  "in the recipe), or use the wanda method")
         contrast = build_calibration(loaded, spec, progress.sub(0.03, 0.05))
+    check_memory(loaded, cfg, [c for c in (cal, contrast) if c is not None])
     result = prune(loaded.model, cfg, cal, progress.sub(0.05, 1.0), contrast=contrast)
     return result, cal
+
+
+def check_memory(loaded: LoadedModel, cfg, sets: list[CalibrationSet]) -> None:
+    """Refuse a pruning whose cached block inputs would not fit in the memory available now.
+
+    Raises:
+        PolypruneError: naming what the cache needs and what is free, and the settings to lower.
+    """
+    if not sets or loaded.device != "cpu":
+        return
+    hidden = int(loaded.model.get_input_embeddings().weight.shape[1])
+    dtype_bytes = next(loaded.model.parameters()).element_size()
+    need = sum(capture_bytes(len(c), int(c.input_ids.shape[1]), hidden, dtype_bytes, cfg.batch_size) for c in sets)
+    free = psutil.virtual_memory().available
+    if need > 0.9 * free:
+        raise PolypruneError(f"Pruning would cache about {need / 2 ** 30:.1f} GiB of block inputs, but only "
+                             f"{free / 2 ** 30:.1f} GiB of memory is free",
+                             "use fewer calibration samples (--samples), a shorter calibration length (--seq-len) "
+                             "or a smaller batch size (--batch-size)")
 
 
 def evaluate(loaded: LoadedModel, cfg: EvalConfig, progress: Progress | None = None) -> list[Result]:
@@ -218,10 +247,13 @@ def check_recipe(recipe: Recipe) -> Path | None:
         raise PolypruneError("The refined metric (wanda_refined) needs a contrast set",
                              "set the contrast text (--contrast-text FILE, or contrast: {kind: text, file: ...} in the "
                              "recipe), or use the wanda method")
+    if recipe.pruning.needs_calibration or recipe.features.enabled:
+        check_spec(recipe.calibration_spec())
+    if recipe.pruning.method == "wanda_refined":
+        check_spec(recipe.contrast_spec())
     ev = recipe.evaluation
     if ev.enabled and not (ev.optional and not ev.data and default_data_dir() is None):
-        from .datasets import data_dir
-        data_dir(ev.data)
+        check_data(ev)
     return out
 
 
@@ -238,6 +270,8 @@ def run(recipe: Recipe, progress: Progress | None = None, loaded: LoadedModel | 
     t_start = time.perf_counter()
     torch.manual_seed(recipe.seed)
     out = check_recipe(recipe)
+    if out is not None:
+        log(f"Output folder: {out.resolve()}")
     timings: dict = {}
     report: dict = {"recipe": recipe.to_dict(), "seed": recipe.seed, "versions": versions()}
 

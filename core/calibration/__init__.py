@@ -31,7 +31,8 @@ from ..recipe import DemoConfig, settings_from_dict
 from . import sources
 from .tokenized import CalibrationSet, tokenize
 
-__all__ = ["build", "normalize_spec", "spec_label", "short_code", "CalibrationSet", "tokenize", "KINDS", "DEFAULTS"]
+__all__ = ["build", "check", "normalize_spec", "spec_label", "short_code", "CalibrationSet", "tokenize", "KINDS",
+           "DEFAULTS"]
 
 KINDS = ("monolingual", "translation", "mix", "text", "demos")
 DEFAULTS = {"samples": 32, "seq_len": 256, "shots": 4, "source": "auto", "split": "dev",
@@ -155,3 +156,26 @@ def build(spec: dict, tokenizer, defaults: dict | None = None) -> CalibrationSet
     cal.meta["label"] = s["label"]
     cal.meta["spec"] = s
     return cal
+
+
+class DryTokenizer:
+    """Stands in for a tokenizer when a spec's data is checked before any model is loaded: it
+    gives every text a few made-up ids, so every file, language and count is read and checked."""
+
+    eos_token = "</s>"
+    pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
+
+    def __call__(self, text: str, **_) -> dict:
+        return {"input_ids": [1] + [3] * max(1, len(text) // 4)}
+
+
+def check(spec: dict, defaults: dict | None = None) -> dict:
+    """Check a spec and its data (files, languages, enough sentences) without a model; return the
+    normalized spec.
+
+    Raises:
+        PolypruneError: anything :func:`build` would raise for the data.
+    """
+    build(spec, DryTokenizer(), defaults)
+    return normalize_spec(spec, defaults)
+

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..datasets import data_dir as resolve_data_dir
+from ..datasets import data_dir as resolve_data_dir, read_flores
 from ..errors import Cancelled, PolypruneError
 from ..progress import Progress, ensure
 from ..recipe import EvalConfig, check_metrics
@@ -294,3 +294,30 @@ def evaluate(model, tokenizer, cfg: EvalConfig, progress: Progress | None = None
                           ppl_limit=cfg.ppl_limit, batch_size=cfg.batch_size, metrics=cfg.metrics,
                           bootstrap=cfg.bootstrap, progress=progress, on_error=on_error, model_name=model_name,
                           translation=cfg.translation, item_scores=cfg.item_scores)
+
+
+def check_data(cfg: EvalConfig) -> None:
+    """Check, before a model is loaded, that every file the evaluation will read exists.
+
+    Raises:
+        PolypruneError: no data folder, an unknown task or language, a missing file (named).
+    """
+    cfg.validate()
+    units = cfg.units()
+    if not units:
+        return
+    data = resolve_data_dir(cfg.data)
+    for tname, langs in units.items():
+        task = get_task(tname)
+        split = cfg.split if task.name in ("flores_ppl", "flores_mt") else cfg.task_split
+        for lang in langs or []:
+            code = task.language(lang)
+            if isinstance(task, MultipleChoiceTask):
+                task.file(data, code, split)
+            elif task.name == "flores_ppl":
+                read_flores(data, code, split or task.default_split, limit=1)
+            else:
+                for c in {code, "eng_Latn"}:
+                    read_flores(data, c, "dev", limit=1)
+                    read_flores(data, c, split or task.default_split, limit=1)
+

@@ -150,6 +150,17 @@ def capture(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) 
     return BlockInputs(hidden, calls, masks, sum(int(m.shape[0]) for m in masks))
 
 
+def capture_bytes(n_samples: int, length: int, hidden: int, dtype_bytes: int, batch_size: int) -> int:
+    """Memory the engine holds for one calibration set: the cached hidden states ``[N, L, d]`` in
+    the model's dtype, the attention masks recorded per batch (at most ``[B, 1, L, L]`` float32
+    each), and one batch's block activations in flight (about ``8 x [B, L, d]`` float32)."""
+    batches = -(-n_samples // batch_size)
+    hidden_states = n_samples * length * hidden * dtype_bytes
+    masks = batches * batch_size * length * length * 4
+    in_flight = 8 * batch_size * length * hidden * 4
+    return hidden_states + masks + in_flight
+
+
 @dataclass
 class Gathered:
     """Statistics of one calibration set for the modules of one block.

@@ -74,12 +74,18 @@ class StudyConfig:
 def load_study(path: str | Path) -> StudyConfig:
     """Read a study from ``.json``, ``.yaml`` or ``.yml``.
 
+    ``trust_remote_code`` from the file is not obeyed (``requested_trust_remote_code`` says it
+    was asked for); the caller sets it from the command line or a dialog.
+
     Raises:
         PolypruneError: missing file, parse error, unknown keys.
     """
     p = Path(path).expanduser()
     data = read_settings_file(p, "study")
-    return StudyConfig.from_dict(data or {}, where=f"study {p.name}")
+    cfg = StudyConfig.from_dict(data or {}, where=f"study {p.name}")
+    cfg.requested_trust_remote_code = cfg.trust_remote_code  # type: ignore[attr-defined]
+    cfg.trust_remote_code = False  # a study file is data, not consent: only the command line or a dialog
+    return cfg
 
 
 def study_from_text(text: str, where: str = "study") -> StudyConfig:

@@ -188,14 +188,26 @@ def cell_dir(out: Path, cid: str) -> Path:
 
 
 def finished_rows(out: Path, cid: str, eval_sig: str) -> list[dict] | None:
-    p = cell_dir(out, cid) / "results.json"
+    """The rows of a finished cell, or ``None`` when the cell must run (again): no results yet,
+    results of other evaluation settings, or a damaged cell (unreadable results, item scores or
+    masks — a cell is never trusted on its results file alone)."""
+    d = cell_dir(out, cid)
+    p = d / "results.json"
     if not p.is_file():
         return None
     try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        res = json.loads(p.read_text(encoding="utf-8"))
+        rows = res["rows"]
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and {"task", "language", "metric", "value"} <= set(r)
+                                                 for r in rows):
+            return None
+        if (d / "items.json").exists():
+            json.loads((d / "items.json").read_text(encoding="utf-8"))
+        if cid != "dense":
+            load_masks(d / "masks.safetensors", unpack=False)
+    except (OSError, ValueError, KeyError, TypeError, PolypruneError):
         return None
-    return d["rows"] if d.get("eval_signature") == eval_sig else None
+    return rows if res.get("eval_signature") == eval_sig else None
 
 
 def write_cell(out: Path, cid: str, info: dict, rows: list[dict], eval_sig: str,

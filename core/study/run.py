@@ -10,8 +10,10 @@ from typing import Any, Callable
 import torch
 
 from ..calibration import build as build_calibration
-from ..datasets import data_dir as resolve_data_dir
+from ..calibration import check as check_spec
 from ..evaluation import evaluate
+from ..evaluation.runner import check_data
+from ..errors import PolypruneError
 from ..fileio import atomic_write_text, dumps
 from ..masks import model_signature, save_masks
 from ..models import all_prunable, default_device, load_model
@@ -85,10 +87,22 @@ def run_study(cfg: StudyConfig, progress: Progress | None = None, log: Callable[
     ev = eval_config(cfg.evaluation)
     eval_sig = eval_signature(ev)
     out = Path(cfg.out).expanduser()
+    if evaluate_fn is None and ev.enabled:
+        check_data(ev)  # no data folder or a missing file: fail before anything is written or loaded
+    for spec in {settings_hash(c.calibration): c.calibration for c in cells if c.config().needs_calibration}.values():
+        check_spec(spec)
+    if out.exists() and not out.is_dir():
+        raise PolypruneError(f"The study folder {out} is an existing file", "choose a folder for the study's results")
+    if out.is_dir() and any(out.iterdir()) and not (out / "study.json").exists():
+        raise PolypruneError(f"The study folder {out} already holds files that are not a study",
+                             "choose a new folder for the study (its out: setting, or --out)")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "study.json", dumps(cfg.to_dict()))
     ref = reference_cell(cells, cfg.reference)
     done = {c.id: finished_rows(out, c.id, eval_sig) for c in cells}
+    for c in cells:
+        if done[c.id] is None and (cell_dir(out, c.id) / "results.json").exists():
+            log(f"Cell {c.label}: its files are damaged or were evaluated with other settings; it runs again")
     dense_rows = finished_rows(out, "dense", eval_sig) if ev.enabled else []
     todo = [c for c in cells if done[c.id] is None]
     skipped = [c.id for c in cells if done[c.id] is not None]
@@ -142,8 +156,6 @@ def study_status(cfg: StudyConfig) -> tuple[list[Cell], set[str]]:
 def _run_cells(cfg, cells, todo, ev, eval_sig, out, done, progress, log, loaded, evaluate_fn, dense_rows) -> list[str]:
     if evaluate_fn is None:
         evaluate_fn = default_evaluate
-        if ev.enabled:
-            resolve_data_dir(ev.data)  # no data folder: fail before the model is loaded
     torch.manual_seed(cfg.seed)
     if loaded is None:
         loaded = load_model(cfg.model, cfg.device or default_device(), cfg.dtype, cfg.trust_remote_code,
