@@ -177,48 +177,33 @@ def cmd_prune(a) -> int:
 
 
 def cmd_inspect(a) -> int:
-    from .fileio import check_output, output_folder, write_json
-    from .models import load_model
-    from .pipeline import calibration_report, features_summary, measure_features, monolingual_spec, versions
+    from .pipeline import inspect, monolingual_spec
     from .recipe import demos_spec
 
     recipe = recipe_from_args(a)
     recipe.features = FeatureConfig(enabled=True, top_k=a.top_k, compare_monolingual=a.compare_monolingual,
                                     ratio=a.ratio, exclude_special=a.exclude_special)
-    recipe.demos.validate()
-    other = monolingual_spec(recipe) if a.compare_monolingual else None
-    if a.compare_src:
-        other = demos_spec(replace(recipe.demos, src=a.compare_src))
-    check_output(a.out, overwrite=a.overwrite, what="output folder")
+    other = demos_spec(replace(recipe.demos, src=a.compare_src)) if a.compare_src else \
+        monolingual_spec(recipe) if a.compare_monolingual else None
     prog = tqdm_progress("inspect")
     try:
-        loaded = load_model(recipe.model, recipe.device, recipe.dtype, recipe.trust_remote_code, prog.sub(0, 0.3))
-        check_output(a.out, sources=[loaded.path], overwrite=a.overwrite, what="output folder")
-        run = measure_features(loaded, recipe.calibration_spec(), recipe.features, other, a.batch_size,
-                               prog.sub(0.3, 1.0))
+        report = inspect(recipe, a.out, other, "compare_src" if a.compare_src else "monolingual", a.batch_size,
+                         a.overwrite, prog)
     finally:
         prog.bar.close()
-    report = {"recipe": recipe.to_dict(), "model": loaded.info() | loaded.meta, "versions": versions(),
-              "calibration": calibration_report(run.calibration), "top": features_summary(run.result, a.top_k)}
-    key = "overlap_compare_src" if a.compare_src else "overlap_monolingual"
-    if run.overlap is not None:
-        report[key] = run.overlap.tolist()
-    with output_folder(a.out, kind="features", sources=[loaded.path], overwrite=a.overwrite) as tmp:
-        files = run.result.save(tmp / "features")
-        if run.other is not None:
-            run.other.save(tmp / ("features_" + (a.compare_src if a.compare_src else "monolingual")))
-        write_json(tmp / "report.json", report)
     for row in report["top"]:
         _log(f"layer {row['layer']:>2}: top dims {row['dims'][:8]} values {row['values'][:8]}")
-    if run.overlap is not None:
-        _log("overlap with the second setting per layer: " + " ".join(f"{v:.2f}" for v in run.overlap))
-    _log(f"Wrote {Path(a.out).resolve()} ({', '.join(f.name for f in files)}, report.json)")
+    for key in ("overlap_compare_src", "overlap_monolingual"):
+        if key in report:
+            _log("overlap with the second setting per layer: " + " ".join(f"{v:.2f}" for v in report[key]))
+    _log(f"Wrote {Path(a.out).resolve()} ({', '.join(report['files'])}, report.json)")
     return 0
 
 
 def cmd_evaluate(a) -> int:
     from .datasets import data_dir
     from .evaluation import evaluate_tasks, save_results
+    from .evaluation.runner import check_tasks
     from .fileio import check_output
     from .models import load_model
 
@@ -262,52 +247,18 @@ def cmd_evaluate(a) -> int:
     return 1 if any(r.error for r in results) else 0
 
 
-def check_tasks(tasks: list[str], langs, data: Path, split: str | None) -> None:
-    """Before a model is loaded: every task is known and every (task, language) has its files.
-
-    Raises:
-        PolypruneError: an unknown task or language, or a missing file (named).
-    """
-    from .evaluation.runner import check_data
-
-    per = langs if isinstance(langs, dict) else {t: langs for t in tasks}
-    for t in tasks:
-        given = per.get(t)
-        cfg = EvalConfig(tasks=[t], languages=list(given or []), data=str(data), task_split=split,
-                         split=split or _E.split)
-        if given:
-            check_data(cfg)
-        else:
-            from .evaluation import get_task
-            get_task(t)
-
-
 def _default_device() -> str:
     from .models import default_device
     return default_device()
 
 
 def cmd_export(a) -> int:
-    from .export import export
-    from .fileio import check_output
-    from .masks import apply_masks, load_masks
-    from .models import load_model
-    from .pipeline import versions
+    from .pipeline import export_masks
 
-    check_output(a.out, sources=[a.model] if Path(a.model).expanduser().exists() else [], overwrite=a.overwrite,
-                 what="export folder")
-    masks = load_masks(a.masks) if a.masks else None
     prog = tqdm_progress("export")
     try:
-        loaded = load_model(a.model, a.device or _default_device(), a.dtype, a.trust_remote_code, prog.sub(0, 0.4))
-        report = {"model": loaded.info() | loaded.meta, "versions": versions(),
-                  "pruning": {"config": {"method": "masks from " + Path(a.masks).name if a.masks else "none"}}}
-        records = None
-        if masks is not None:
-            records = apply_masks(loaded.model, masks)
-            report["pruning"]["overall_sparsity"] = masks.sparsity()
-        res = export(loaded.model, loaded.tokenizer, a.out, report, source=loaded.path, overwrite=a.overwrite,
-                     progress=prog.sub(0.4, 1.0), masks=records, mask_model_info=loaded.model)
+        res = export_masks(a.model, a.masks, a.out, a.device or _default_device(), a.dtype, a.trust_remote_code,
+                           a.overwrite, prog)
     finally:
         prog.bar.close()
     _log(f"Exported to {res.path}; reload check: largest logit difference {res.reload_diff:.3g}")

@@ -35,7 +35,8 @@ from .evaluation import Result, compare, evaluate as evaluate_config
 from .evaluation.runner import check_data
 from .export import ExportResult, export, write_report_folder
 from .features import FeatureResult, feature_magnitudes, overlap, top_k
-from .fileio import check_output
+from .fileio import check_output, output_folder, write_json
+from .masks import apply_masks, load_masks
 from .models import LoadedModel, check_sequence_length, find_blocks, load_model
 from .progress import Progress, ensure
 from .pruning import PruneResult, dense_view, prune
@@ -347,3 +348,62 @@ def run(recipe: Recipe, progress: Progress | None = None, loaded: LoadedModel | 
     progress.update(1, 1, "Done")
     report["_result"] = result
     return report
+
+
+# --------------------------------------------------------------------------------------------
+# the commands that are one stage each
+# --------------------------------------------------------------------------------------------
+def inspect(recipe: Recipe, out: str | Path, other_spec: dict | None = None, other_name: str = "monolingual",
+            batch_size: int = 8, overwrite: bool = False, progress: Progress | None = None) -> dict:
+    """``polyprune inspect``: load the model, measure feature magnitudes of the recipe's calibration
+    set (and of ``other_spec``, with the overlap) and write them with a report to ``out``.
+
+    Raises:
+        PolypruneError: bad settings or data, an output folder that may not be written.
+    """
+    progress = ensure(progress)
+    recipe.demos.validate()
+    check_output(out, overwrite=overwrite, what="output folder")
+    check_spec(recipe.calibration_spec())
+    if other_spec is not None:
+        check_spec(other_spec)
+    loaded = load_model(recipe.model, recipe.device, recipe.dtype, recipe.trust_remote_code, progress.sub(0, 0.3))
+    check_output(out, sources=[loaded.path], overwrite=overwrite, what="output folder")
+    run = measure_features(loaded, recipe.calibration_spec(), recipe.features, other_spec, batch_size,
+                           progress.sub(0.3, 1.0))
+    report = {"recipe": recipe.to_dict(), "model": loaded.info() | loaded.meta, "versions": versions(),
+              "calibration": calibration_report(run.calibration),
+              "top": features_summary(run.result, recipe.features.top_k)}
+    if run.overlap is not None:
+        report[f"overlap_{other_name}"] = run.overlap.tolist()
+    with output_folder(out, kind="features", sources=[loaded.path], overwrite=overwrite) as tmp:
+        report["files"] = [f.name for f in run.result.save(tmp / "features")]
+        if run.other is not None:
+            run.other.save(tmp / f"features_{other_name}")
+        write_json(tmp / "report.json", report)
+    return report
+
+
+def export_masks(spec: str, masks_path: str | None, out: str | Path, device: str, dtype: str,
+                 trust_remote_code: bool = False, overwrite: bool = False,
+                 progress: Progress | None = None) -> ExportResult:
+    """``polyprune export``: load a model, apply a saved mask set (checked against the model before
+    any weight changes) and export it.
+
+    Raises:
+        PolypruneError: a bad model, mask file or output folder.
+    """
+    progress = ensure(progress)
+    check_output(out, sources=[spec] if Path(spec).expanduser().exists() else [], overwrite=overwrite,
+                 what="export folder")
+    masks = load_masks(masks_path) if masks_path else None
+    loaded = load_model(spec, device, dtype, trust_remote_code, progress.sub(0, 0.4))
+    report = {"model": loaded.info() | loaded.meta, "versions": versions(),
+              "pruning": {"config": {"method": f"masks from {Path(masks_path).name}" if masks_path else "none"}}}
+    records = None
+    if masks is not None:
+        records = apply_masks(loaded.model, masks)
+        report["pruning"]["overall_sparsity"] = masks.sparsity()
+    return export(loaded.model, loaded.tokenizer, out, report, source=loaded.path, overwrite=overwrite,
+                  progress=progress.sub(0.4, 1.0), masks=records, mask_model_info=loaded.model)
+

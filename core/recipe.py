@@ -13,21 +13,20 @@ be replayed headless. Example (YAML)::
 
 This module is a leaf: every default is written once here, in the dataclasses, and it imports no
 torch algorithm. Values read from a file are checked against the fields' types
-(:func:`settings_from_dict`), so a string where a list belongs or a word where a number belongs
+(:func:`polyprune.settings.settings_from_dict`), so a string where a list belongs or a word where a number belongs
 is reported with the setting's name instead of failing later. A recipe file is data, not consent:
 ``trust_remote_code`` from a file is not obeyed (see :func:`load_recipe`).
 """
 from __future__ import annotations
 
 import math
-import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 from .errors import PolypruneError
 from .fileio import atomic_write_text, dumps, read_settings_file
+from .settings import check_value, settings_from_dict
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "wanda_refined")
 PATTERNS = ("unstructured", "2:4", "4:8")
@@ -43,93 +42,6 @@ MIN_SEQ_LEN = 8
 METRICS = ("acc", "acc_norm", "acc_bytes", "prompt_mean")
 #: Names used by earlier versions, with the name that replaced them.
 RENAMED_METRICS = {"acc_norm_chars": "acc_norm"}
-
-
-# --------------------------------------------------------------------------------------------
-# typed settings from plain data
-# --------------------------------------------------------------------------------------------
-def _type_name(tp) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
-    if origin is list:
-        args = typing.get_args(tp)
-        return f"a list of {_type_name(args[0])}s" if args else "a list"
-    if origin is dict or tp is dict:
-        return "a mapping"
-    return {int: "a whole number", float: "a number", bool: "true or false", str: "text"}.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _check_value(value, tp, name: str, where: str):
-    """``value`` converted to ``tp`` (ints to floats only), or a PolypruneError naming ``name``."""
-    if tp is Any or tp is object:
-        return value
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _check_value(value, a, name, where)
-            except PolypruneError as e:
-                errors.append(e)
-        raise errors[0]
-    bad = PolypruneError(f"Setting {name!r} in the {where} is {value!r}, not {_type_name(tp)}",
-                         f"write {name} as {_type_name(tp)}" + (", e.g. [eng_Latn, fra_Latn]" if origin is list else ""))
-    if origin is list:
-        if not isinstance(value, list):
-            raise bad
-        (inner,) = typing.get_args(tp) or (Any,)
-        return [_check_value(v, inner, f"{name}[{i}]", where) for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise bad
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
-        return settings_from_dict(tp, value, f"section {name!r} of the {where}")
-    return value
-
-
-def settings_from_dict(cls, d: Any, where: str, kind: str = ""):
-    """An instance of the settings dataclass ``cls`` from a mapping, every value type-checked.
-
-    ``kind`` names the settings in messages (``"Unknown evaluation setting 'x' in the study"``).
-
-    Raises:
-        PolypruneError: not a mapping, an unknown key (the known ones are listed), or a value of
-            the wrong type (the setting is named).
-    """
-    if d is None:
-        d = {}
-    if not isinstance(d, dict):
-        raise PolypruneError(f"The {where} is not a mapping of settings", "write key: value pairs (YAML) or a JSON object")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    bad = sorted(set(map(str, d)) - known)
-    if bad:
-        raise PolypruneError(f"Unknown {kind + ' ' if kind else ''}setting{'s' if len(bad) > 1 else ''} "
-                             f"{', '.join(map(repr, bad))} in the {where}", f"known settings: {', '.join(sorted(known))}")
-    return cls(**{k: _check_value(v, hints[k], k, where) for k, v in d.items()})
 
 
 def _positive_int(value, name: str, fix: str) -> None:
@@ -247,7 +159,7 @@ class PruneConfig:
         """Raise :class:`PolypruneError` for any invalid setting (types included); with
         ``n_blocks``, also for a skipped block the model does not have."""
         for f in fields(self):
-            _check_value(getattr(self, f.name), typing.get_type_hints(PruneConfig)[f.name], f.name, "pruning settings")
+            check_value(getattr(self, f.name), typing.get_type_hints(PruneConfig)[f.name], f.name, "pruning settings")
         if self.method not in METHODS:
             raise PolypruneError(f"Unknown pruning method {self.method!r}", f"use one of {', '.join(METHODS)}")
         if math.isnan(self.sparsity) or not (0.0 <= self.sparsity < 1.0):
@@ -374,7 +286,7 @@ class EvalConfig:
         """Raise :class:`PolypruneError` for a bad type, limit or metric."""
         hints = typing.get_type_hints(EvalConfig)
         for f in fields(self):
-            _check_value(getattr(self, f.name), hints[f.name], f.name, "evaluation settings")
+            check_value(getattr(self, f.name), hints[f.name], f.name, "evaluation settings")
         for name in ("limit", "ppl_limit"):
             v = getattr(self, name)
             if v is not None and v < 1:

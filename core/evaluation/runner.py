@@ -321,3 +321,24 @@ def check_data(cfg: EvalConfig) -> None:
                     read_flores(data, c, "dev", limit=1)
                     read_flores(data, c, split or task.default_split, limit=1)
 
+
+def check_tasks(tasks: list[str], languages, data, split: str | None) -> None:
+    """Before a model is loaded: every task is known and every (task, language) has its files.
+
+    Args:
+        tasks: task names; languages: a list for every task, ``{task: languages}`` or ``None``
+            (every language with data: only the task is checked); data: the data folder;
+            split: the split for every task (``None``: each task's default).
+
+    Raises:
+        PolypruneError: an unknown task or language, or a missing file (named).
+    """
+    per = languages if isinstance(languages, Mapping) else {t: languages for t in tasks}
+    for t in tasks:
+        given = per.get(t)
+        if not given:
+            get_task(t)
+            continue
+        check_data(EvalConfig(tasks=[t], languages=list(given), data=str(data), task_split=split,
+                              split=split or EvalConfig().split))
+
