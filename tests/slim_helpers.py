@@ -107,13 +107,17 @@ def byte_bpe(vocab_size: int = 420):
     return _wrap(tok)
 
 
-def tiny_lm(family: str, vocab_size: int, seed: int = 0):
-    """A tiny random causal LM of ``family`` (conftest's configs) with ``vocab_size`` tokens."""
+def tiny_lm(family: str, vocab_size: int, seed: int = 0, layer_types: list[str] | None = None):
+    """A tiny random causal LM of ``family`` (conftest's configs) with ``vocab_size`` tokens
+    (Gemma 3: optionally other ``layer_types``)."""
     from conftest import make_config
     from transformers import AutoModelForCausalLM
 
     cfg = make_config(family)
     cfg.vocab_size = vocab_size
+    if layer_types is not None:
+        cfg.num_hidden_layers = len(layer_types)
+        cfg.layer_types = list(layer_types)
     cfg.pad_token_id, cfg.eos_token_id, cfg.bos_token_id = 0, 1, 2
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")

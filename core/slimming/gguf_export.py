@@ -18,7 +18,7 @@ Round trip (:func:`roundtrip_check`): ``AutoModelForCausalLM.from_pretrained(fol
 gguf_file=name)`` and its tokenizer are read back; the token ids of sample texts must be equal,
 and the largest logit difference against the slimmed model is compared with the difference that
 rounding the model's own weights to the format causes (F16/BF16: a cast; Q8_0: blocks of 32 values
-sharing one float16 scale ``max|x| / 127``, values rounded to integers in [-127, 127]).
+sharing one scale ``d = max|x| / 127`` (stored as float16), values ``x / d`` rounded half away from zero).
 """
 from __future__ import annotations
 
@@ -178,9 +178,10 @@ def round_to_format(w: torch.Tensor, gguf_type: str) -> torch.Tensor:
     if w.shape[-1] % 32:
         return w.half().float()
     blocks = w.reshape(-1, 32)
-    d = (blocks.abs().amax(dim=1, keepdim=True) / 127.0).half().float()
-    q = torch.where(d > 0, torch.round(blocks / torch.where(d > 0, d, torch.ones_like(d))), torch.zeros_like(blocks))
-    return (q.clamp(-127, 127) * d).reshape(w.shape)
+    d = blocks.abs().amax(dim=1, keepdim=True) / 127.0
+    x = blocks * torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
+    q = torch.sign(x) * torch.floor(x.abs() + 0.5)  # rounded half away from zero, as llama.cpp does
+    return (q * d.half().float()).reshape(w.shape)
 
 
 @torch.inference_mode()
