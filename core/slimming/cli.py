@@ -86,7 +86,8 @@ def add_parsers(subparsers) -> None:
     p = subparsers.add_parser("slim-curve", help="held-out NLL change per kept language against vocabulary size")
     _model_args(p)
     _slim_args(p)
-    p.add_argument("--sizes", default=None, help="vocabulary sizes, e.g. 20000,50000,100000 (default: 8 sizes)")
+    p.add_argument("--sizes", dest="curve_sizes", default=None,
+                   help="vocabulary sizes, e.g. 20000,50000,100000 (default: 8 sizes)")
     p.set_defaults(func=run_slim_curve)
 
 
@@ -184,16 +185,10 @@ def run_slim_curve(a) -> int:
     if out.suffix.lower() != ".csv":
         raise PolypruneError(f"The curve is written as CSV, but {out.name} does not end in .csv", "give --out FILE.csv")
     check_output(out, kind="file", what="curve file", overwrite=a.overwrite)
-    sizes = None
-    if a.sizes:
-        try:
-            sizes = [int(s) for s in a.sizes.split(",") if s.strip()]
-        except ValueError:
-            raise PolypruneError(f"--sizes must be whole numbers, got {a.sizes!r}", "give e.g. --sizes 20000,50000") from None
     loaded = _load(a)
     prog = tqdm_progress("trade-off curve")
     try:
-        rows = tradeoff(loaded, cfg, sizes, prog)
+        rows = tradeoff(loaded, cfg, prog)
     finally:
         prog.bar.close()
     cols = ["vocab", "size", "params", "language", "change_pct", "ci_low", "ci_high", "nll_before", "nll_after", "n"]

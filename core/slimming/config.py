@@ -49,6 +49,8 @@ class SlimConfig:
         translation_limit: sentences per translation direction.
         speed: measure generation speed (tokens/s) before and after.
         speed_tokens: new tokens per speed run; speed_runs: runs (the median is reported).
+        curve_sizes: vocabulary sizes of the trade-off curve (``None``: eight sizes from small to the
+            script vocabulary).
         data: the data folder (``None``: ``$POLYPRUNE_DATA`` or ``shared/data``).
         bootstrap: bootstrap resamples for intervals; seed: their seed.
         out: the output folder; overwrite: replace an existing Polyprune output there.
@@ -72,6 +74,7 @@ class SlimConfig:
     speed: bool = True
     speed_tokens: int = 64
     speed_runs: int = 3
+    curve_sizes: list[int] | None = None
     data: str | None = None
     bootstrap: int = 1000
     seed: int = 0
@@ -133,6 +136,15 @@ class SlimConfig:
         bad = [t for t in self.tasks if t not in TASKS]
         if bad or not isinstance(self.tasks, list):
             raise _err("tasks", self.tasks, "a list of " + ", ".join(TASKS))
+        if self.curve_sizes is not None:
+            if isinstance(self.curve_sizes, str):
+                try:
+                    self.curve_sizes = [int(x) for x in self.curve_sizes.split(",") if x.strip()]
+                except ValueError:
+                    raise _err("curve_sizes", self.curve_sizes, "whole numbers, e.g. 20000,50000") from None
+            if not isinstance(self.curve_sizes, list) or not self.curve_sizes or any(
+                    isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in self.curve_sizes):
+                raise _err("curve_sizes", self.curve_sizes, "a list of whole numbers of at least 1")
         for name in ("translation", "speed", "overwrite"):
             if not isinstance(getattr(self, name), bool):
                 raise _err(name, getattr(self, name), "true or false")

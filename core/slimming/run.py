@@ -324,10 +324,10 @@ def default_sizes(mandatory: int, script_size: int, points: int = 8) -> list[int
     return sorted({min(script_size, int(round(lo * r ** k))) for k in range(points)})
 
 
-def tradeoff(loaded, cfg: SlimConfig, sizes: list[int] | None = None, progress: Progress | None = None) -> list[dict]:
+def tradeoff(loaded, cfg: SlimConfig, progress: Progress | None = None) -> list[dict]:
     """Stage: held-out sentence NLL change per kept language against vocabulary size.
 
-    Vocabularies: the nested ``size``-mode vocabularies of ``sizes`` (default :func:`default_sizes`),
+    Vocabularies: the nested ``size``-mode vocabularies of ``cfg.curve_sizes`` (default :func:`default_sizes`),
     the ``script`` vocabulary and the ``corpus`` vocabulary (ranking corpus = ``cfg.corpus``);
     held-out text = the first ``cfg.eval_sentences`` FLORES devtest sentences per language.
 
@@ -354,7 +354,7 @@ def tradeoff(loaded, cfg: SlimConfig, sizes: list[int] | None = None, progress: 
     counts = corpus_counts(tok, corpus)
     order, must = nested_sizes(tj, classes, scripts, counts)
     in_script = script_ids(tj, classes, scripts)
-    sizes = sorted(set(sizes or default_sizes(len(must), len(in_script))))
+    sizes = sorted(set(cfg.curve_sizes or default_sizes(len(must), len(in_script))))
     for s in sizes:
         if s < len(must) or s > len(in_script):
             raise PolypruneError(f"A vocabulary of {s} tokens is outside {len(must)}..{len(in_script)} (special and "

@@ -78,10 +78,10 @@ def curve(args) -> dict:
     from polyprune.slimming.run import tradeoff
 
     loaded = load_model(args.model)
-    cfg = SlimConfig(keep=args.target.split(","), eval_sentences=args.sentences, bootstrap=1000)
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else None
+    cfg = SlimConfig(keep=args.target.split(","), eval_sentences=args.sentences, bootstrap=1000, curve_sizes=sizes)
     t0 = time.perf_counter()
-    rows = tradeoff(loaded, cfg, sizes)
+    rows = tradeoff(loaded, cfg)
     return {"settings": cfg.to_dict(), "seconds": time.perf_counter() - t0, "rows": rows}
 
 
