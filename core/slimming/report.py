@@ -155,6 +155,18 @@ def restricted_nll(model, sequences: list[list[int]], keep: torch.Tensor | None,
     return out
 
 
+def model_card(report: dict) -> str:
+    """The model card (README.md) of a slimmed model: a header and :func:`card_section`."""
+    m = report.get("model", {})
+    head = ["---", "tags: [polyprune, slimmed, " + ", ".join(report.get("plan", {}).get("languages", [])) + "]",
+            f"base_model: {m.get('spec', '')}", "---", f"# {m.get('name', 'Model')} — slimmed with Polyprune", "",
+            "A smaller model for the kept languages: tokens of other scripts, the least influential blocks and/or",
+            "precision were removed structurally, so the files are smaller and generation is faster. Settings are in",
+            "`slim_config.json`, every measurement in `report.json`, the kept token ids (old ids in new-id order) in",
+            "`kept_tokens.json`."]
+    return "\n".join(head) + "\n" + card_section(report)
+
+
 def card_section(report: dict) -> str:
     """Markdown for the model card: what was removed, sizes, quality change, speed, GGUF."""
     lines = ["", "## Slimming (Polyprune)", ""]

@@ -16,7 +16,7 @@ import torch
 
 from ..datasets import data_dir, flores_dir, read_text_lines, sentences, tokenize_texts
 from ..errors import PolypruneError
-from ..export import export, model_card, reload_check
+from ..export import export, reload_check
 from ..fileio import check_output, dumps, output_folder
 from ..models import find_blocks
 from ..progress import Progress, ensure
@@ -25,7 +25,8 @@ from .blocks import block_influence, least_influential
 from .config import SlimConfig
 from .gguf_export import check_support, roundtrip_check, write_gguf
 from .plan import SlimPlan, apply_plan, cast, head_params, part_sizes
-from .report import (card_section, generation_speed, nll_change, restricted_nll, sentence_nll, sizes_table)
+from .report import (card_section, generation_speed, model_card, nll_change, restricted_nll, sentence_nll,
+                     sizes_table)
 from .scripts import scripts_of_languages
 from .tokenizer_trim import build_tokenizer, read_tokenizer_json, trimmed_json
 from .vocab import choose_vocab, corpus_counts, mandatory_ids, nested_sizes, script_ids
@@ -307,7 +308,7 @@ def _write(loaded, cfg, plan, model, tokenizer, tj, pre, samples, report, progre
             (tmp / "kept_tokens.json").write_text(json.dumps(plan.vocab.keep), encoding="utf-8")
         (tmp / "slim_config.json").write_text(dumps(cfg.to_dict()) + "\n", encoding="utf-8")
         (tmp / "report.json").write_text(dumps(report) + "\n", encoding="utf-8")
-        (tmp / "README.md").write_text(model_card(report) + "\n" + card_section(report), encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(report), encoding="utf-8")
     return Path(cfg.out).expanduser().resolve()
 
 
