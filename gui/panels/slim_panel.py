@@ -17,12 +17,19 @@ from ..widgets import (LanguagePicker, PlotBox, bar_colors, group, heading, help
                        results_table, style_plot, write_csv)
 
 VOCAB_HELP = {
-    "script": "every token written only in the kept languages' scripts (plus digits, punctuation, special and "
-              "byte tokens); text in those scripts is split exactly as before",
-    "corpus": "only the tokens your corpus needs; the corpus is split exactly as before, other text into "
-              "smaller pieces",
-    "size": "the best vocabulary of the size you give: tokens your corpus uses most, then the most common others",
-    "none": "keep the vocabulary (remove blocks or change the precision only)",
+    "script": "tokens of the kept scripts: their text is split exactly as before",
+    "corpus": "the tokens your corpus needs: it is split exactly as before",
+    "size": "the best vocabulary of the size you give",
+    "none": "keep the vocabulary (blocks or precision only)",
+}
+VOCAB_TIPS = {
+    "script": "Every token written only in the kept languages' scripts (plus digits, punctuation, special and byte "
+              "tokens); text in those scripts is split into exactly the same pieces as before.",
+    "corpus": "Only the tokens your corpus needs (and the pieces they are merged from); the corpus is split exactly "
+              "as before, other text into smaller pieces. Smallest, but costs quality on other text.",
+    "size": "The best vocabulary of the size you give: the tokens your corpus uses most, then the most common "
+            "others of the kept scripts.",
+    "none": "Keep the vocabulary; remove blocks or change the precision only.",
 }
 
 
@@ -66,7 +73,7 @@ class SlimPanel(QWidget):
         # --- what to remove ---
         self.vocab = QComboBox()
         self.vocab.addItems(list(VOCAB_HELP))
-        self.vocab.setToolTip("\n".join(f"{k}: {v}" for k, v in VOCAB_HELP.items()))
+        self.vocab.setToolTip("\n".join(f"{k}: {v}" for k, v in VOCAB_TIPS.items()))
         self.vocab_help = help_label("")
         self.vocab.currentTextChanged.connect(self._vocab_changed)
         self.corpus = QLineEdit(d.corpus)
@@ -97,7 +104,7 @@ class SlimPanel(QWidget):
         form = QFormLayout()
         form.setLabelAlignment(Qt.AlignRight)
         form.addRow("Vocabulary", self.vocab)
-        form.addRow("", self.vocab_help)
+        form.addRow(self.vocab_help)
         form.addRow("Corpus", crow)
         form.addRow("Vocabulary size", self.vocab_size)
         form.addRow("Remove blocks", self.blocks)
@@ -188,10 +195,12 @@ class SlimPanel(QWidget):
                                           "95% interval"])
         save_curve = QPushButton("Save table as CSV…")
         save_curve.clicked.connect(self._save_curve)
+        self.sizes.setMinimumHeight(190)
         size_tab = QSplitter(Qt.Vertical)
         size_tab.addWidget(self.sizes)
         size_tab.addWidget(self.size_plot)
         size_tab.addWidget(self.influence_plot)
+        size_tab.setSizes([190, 330, 330])
         curve_tab = QWidget()
         cl = QVBoxLayout(curve_tab)
         cl.addWidget(self.curve_plot, 2)
@@ -369,6 +378,8 @@ class SlimPanel(QWidget):
         x = list(range(len(plan.influence)))
         brushes = [c_rm if i in plan.remove_blocks else c_keep for i in x]
         p.addItem(pg.BarGraphItem(x=x, height=plan.influence, width=0.8, brushes=brushes))
+        step = max(1, len(x) // 18)
+        p.getAxis("bottom").setTicks([[(i, str(i)) for i in x[::step]]])
         style_plot(p, plot_title("Block influence (ShortGPT)", "orange: removed"), "1 - cos(in, out)", "block")
 
     def _plan_text(self, plan) -> str:
@@ -376,7 +387,7 @@ class SlimPanel(QWidget):
         if plan.vocab is not None and plan.vocab.mode != "none":
             parts.append(f"Vocabulary: {plan.vocab.size:,} of {plan.vocab.source_size:,} tokens ({plan.vocab.mode}).")
         if plan.remove_blocks:
-            parts.append(f"Blocks removed: {', '.join(map(str, plan.remove_blocks))}.")
+            parts.append(f"Blocks removed (indices): {', '.join(map(str, plan.remove_blocks))}.")
         return " ".join(parts)
 
     def show_projection(self, proj) -> None:
