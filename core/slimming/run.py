@@ -238,7 +238,7 @@ def slim(loaded, cfg: SlimConfig, progress: Progress | None = None) -> SlimResul
     languages = cfg.languages()
     heldout = heldout_texts(cfg, languages, cfg.eval_sentences) if cfg.eval_sentences else {}
     plan, tj = make_plan(loaded, cfg, progress.sub(0.0, 0.2))
-    progress.update(0, 1, "building the slimmed model")
+    progress.sub(0.2, 0.2).update(0, 1, "building the slimmed model")
     model = apply_plan(loaded.model, plan)
     tokenizer = loaded.tokenizer
     new_tj = tj
@@ -251,7 +251,7 @@ def slim(loaded, cfg: SlimConfig, progress: Progress | None = None) -> SlimResul
     report: dict = {"model": {"spec": loaded.spec, "name": loaded.meta.get("name", loaded.spec)},
                     "slim": cfg.to_dict(), "plan": plan.to_dict(), "recipe": {"slim": cfg.to_dict()}}
     report["sizes"] = sizes_table(part_sizes(loaded.model), part_sizes(model), loaded.dtype, cfg.dtype)
-    progress.update(0, 1, "evaluating the source model")
+    progress.sub(0.2, 0.2).update(0, 1, "evaluating the source model")
     before = _evaluate(loaded.model, loaded.tokenizer, cfg, heldout, languages, progress.sub(0.2, 0.45))
     if cfg.speed:
         prompt = samples[0]
@@ -261,7 +261,7 @@ def slim(loaded, cfg: SlimConfig, progress: Progress | None = None) -> SlimResul
         report["speed"] = {"before": sp_b, "after": sp_a, "new_tokens": cfg.speed_tokens, "dtype": loaded.dtype,
                            "device": loaded.device, "speedup": sp_a["tokens_per_s"] / sp_b["tokens_per_s"]}
     cast(model, cfg.dtype)
-    progress.update(0, 1, "evaluating the slimmed model")
+    progress.sub(0.55, 0.55).update(0, 1, "evaluating the slimmed model")
     after = _evaluate(model, tokenizer, cfg, heldout, languages, progress.sub(0.55, 0.8))
     report["quality"] = [dict(language=lang, **nll_change(before["nll"][lang], after["nll"][lang], cfg.bootstrap,
                                                           cfg.seed)) for lang in heldout]
@@ -301,7 +301,7 @@ def _write(loaded, cfg, plan, model, tokenizer, tj, pre, samples, report, progre
         if cfg.gguf:
             name = f"model-{cfg.gguf}.gguf"
             write_gguf(tmp, tmp / name, cfg.gguf, tj, tokenizer, samples, pre, progress.sub(0.4, 0.8))
-            progress.update(0, 1, "reading the GGUF back")
+            progress.sub(0.8, 0.8).update(0, 1, "reading the GGUF back")
             check = roundtrip_check(model, tokenizer, tmp / name, cfg.gguf, samples)
             report["gguf"] = {"file": name, "type": cfg.gguf, "bytes": (tmp / name).stat().st_size, "check": check}
         if plan.vocab is not None:
@@ -349,7 +349,7 @@ def tradeoff(loaded, cfg: SlimConfig, progress: Progress | None = None) -> list[
     scripts = scripts_of_languages(languages)
     tok = loaded.tokenizer
     tj = read_tokenizer_json(tok)
-    progress.update(0, 1, "classifying tokens")
+    progress.sub(0.0, 0.0).update(0, 1, "classifying tokens")
     classes = tj.token_scripts()
     corpus = [t for v in corpus_texts(cfg, languages).values() for t in v]
     counts = corpus_counts(tok, corpus)

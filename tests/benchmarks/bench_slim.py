@@ -38,6 +38,14 @@ def _dump(path: Path, obj) -> None:
     print(f"wrote {path}", file=sys.stderr)
 
 
+def _progress(name: str):
+    from polyprune.progress import Progress
+
+    t0 = time.perf_counter()
+    return Progress(lambda f, m: print(f"{time.perf_counter() - t0:8.0f} s {100 * f:5.1f} % {m}", file=sys.stderr,
+                                       flush=True), min_interval=30)
+
+
 def check(args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -81,7 +89,7 @@ def curve(args) -> dict:
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else None
     cfg = SlimConfig(keep=args.target.split(","), eval_sentences=args.sentences, bootstrap=1000, curve_sizes=sizes)
     t0 = time.perf_counter()
-    rows = tradeoff(loaded, cfg)
+    rows = tradeoff(loaded, cfg, _progress("curve"))
     return {"settings": cfg.to_dict(), "seconds": time.perf_counter() - t0, "rows": rows}
 
 
@@ -95,7 +103,7 @@ def plan(args) -> dict:
                      remove_blocks=args.blocks, eval_sentences=args.sentences, speed_runs=3, speed_tokens=64,
                      bootstrap=1000, dtype=args.dtype)
     t0 = time.perf_counter()
-    res = slim(loaded, cfg)
+    res = slim(loaded, cfg, _progress("plan"))
     return {"seconds": time.perf_counter() - t0, "report": res.report}
 
 
