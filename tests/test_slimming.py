@@ -404,3 +404,21 @@ def test_output_rules(tiny_folder, tmp_path):
     with pytest.raises(PolypruneError, match="source"):
         slim(loaded, SlimConfig(keep=["en"], eval_sentences=0, speed=False, out=str(tiny_folder / "x")))
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_slim_stage_tasks_and_translation(tiny_folder, tmp_path, data_dir):
+    from polyprune.slimming.run import slim
+    from polyprune.tasks import evaluate_tasks
+
+    loaded = _loaded(tiny_folder)
+    cfg = SlimConfig(keep=["eng_Latn", "swh_Latn"], vocab="script", eval_sentences=2, tasks=["xnli"], task_limit=4,
+                     translation=True, translation_limit=2, speed=False, bootstrap=50, data=str(data_dir))
+    res = slim(loaded, cfg)  # out=None: measured, nothing written
+    assert res.out is None
+    rows = res.report["tasks"]
+    xnli = {(r["language"], r["metric"]): r for r in rows if r["task"] == "xnli"}
+    assert set(xnli) == {("en", "acc"), ("en", "acc_norm"), ("sw", "acc"), ("sw", "acc_norm"), ("sw", "rankc")}
+    ref = evaluate_tasks(loaded.model, loaded.tokenizer, ["xnli"], ["en"], str(data_dir), limit=4, bootstrap=0)
+    assert xnli[("en", "acc")]["before"] == next(r.value for r in ref if r.metric == "acc")
+    mt = [r for r in rows if r["task"] == "flores_mt"]
+    assert {r["language"] for r in mt} == {"swh_Latn-eng_Latn", "eng_Latn-swh_Latn"} and all(r["n"] == 2 for r in mt)

@@ -20,7 +20,7 @@ from ..export import export, reload_check
 from ..fileio import check_output, dumps, output_folder
 from ..models import find_blocks
 from ..progress import Progress, ensure
-from ..tasks import evaluate_tasks
+from ..tasks import evaluate_tasks, get_task
 from .blocks import block_influence, least_influential
 from .config import SlimConfig
 from .gguf_export import check_support, roundtrip_check, write_gguf
@@ -190,29 +190,28 @@ def _evaluate(model, tokenizer, cfg: SlimConfig, heldout: dict, languages: list[
     n = max(len(heldout), 1) + (1 if cfg.tasks or cfg.translation else 0)
     for k, (lang, texts) in enumerate(heldout.items()):
         out["nll"][lang] = sentence_nll(model, tokenizer, texts, progress=progress.sub(k / n, (k + 1) / n))
-    tasks = list(cfg.tasks) + (["flores_mt"] if cfg.translation else [])
-    if tasks:
-        from ..tasks import get_task
-        langs = {}
-        for t in tasks:
-            if t == "flores_mt":
-                langs[t] = [lang for lang in languages if lang != "eng_Latn"]
-                continue
-            task = get_task(t)
-            ok = []
-            for lang in languages:
-                try:
-                    ok.append(task.language(lang))
-                except PolypruneError:
-                    pass
-            langs[t] = ok
-        langs = {t: v for t, v in langs.items() if v}
-        if langs:
-            rows = evaluate_tasks(model, tokenizer, list(langs), langs, str(data_dir(cfg.data)),
-                                  limit=cfg.task_limit, bootstrap=cfg.bootstrap, seed=cfg.seed,
-                                  translation={"limit": cfg.translation_limit}, on_error="record",
-                                  progress=progress.sub((n - 1) / n, 1.0))
-            out["tasks"] = [r.to_dict() if hasattr(r, "to_dict") else dict(vars(r)) for r in rows]
+    runs = []  # (tasks with their languages, limit)
+    mc = {}
+    for t in cfg.tasks:
+        task = get_task(t)
+        ok = []
+        for lang in languages:
+            try:
+                ok.append(task.language(lang))
+            except PolypruneError:
+                pass
+        if ok:
+            mc[t] = ok
+    if mc:
+        runs.append((mc, cfg.task_limit))
+    mt = [lang for lang in languages if lang != "eng_Latn"]
+    if cfg.translation and mt:
+        runs.append(({"flores_mt": mt}, cfg.translation_limit))
+    for k, (langs, limit) in enumerate(runs):
+        rows = evaluate_tasks(model, tokenizer, list(langs), langs, str(data_dir(cfg.data)), limit=limit,
+                              bootstrap=cfg.bootstrap, seed=cfg.seed, on_error="record",
+                              progress=progress.sub((n - 1 + k / len(runs)) / n, (n - 1 + (k + 1) / len(runs)) / n))
+        out["tasks"] += [r.to_dict() for r in rows]
     return out
 
 
