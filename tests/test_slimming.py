@@ -43,6 +43,15 @@ def test_char_scripts():
                                                   "Katakana", "Hangul", "Common", "Common", "Inherited"]
 
 
+def test_scripts_of_languages():
+    from polyprune.slimming.scripts import scripts_of_languages
+
+    assert scripts_of_languages(["eng_Latn", "swh_Latn", "jpn_Jpan"]) == ["Latn", "Jpan"]
+    assert unicode_scripts(["Jpan"]) >= {"Han", "Hiragana", "Katakana", "Common", "Inherited"}
+    with pytest.raises(PolypruneError, match="script 'Zzzz'"):
+        scripts_of_languages(["xxx_Zzzz"])
+
+
 def test_byte_fragments():
     latin = unicode_scripts(["Latn"])
     cyr = unicode_scripts(["Cyrl"])
