@@ -35,8 +35,8 @@ class SlimPlan:
         languages: kept FLORES-200 codes; scripts: their ISO 15924 scripts.
         vocab: the kept tokens (``None``: vocabulary unchanged).
         remove_blocks: removed block indices; influence: every block's ShortGPT influence.
-        heads: HOOK for head removal (``polyprune.heads``): ``None`` until connected, see
-            :func:`apply_heads`.
+        heads: HOOK for head removal (``polyprune.heads``), e.g. ``{block: [query heads]}``; the
+            projection counts it (:func:`head_params` per head), :func:`apply_heads` applies it.
         dtype: export dtype.
     """
 
@@ -57,8 +57,11 @@ class SlimPlan:
 def apply_heads(model: nn.Module, heads) -> None:
     """HOOK: remove attention heads (the hard cut of ``polyprune.heads``) in place.
 
-    The lead connects this to ``polyprune.heads`` after merging; until then a plan with heads stops
-    here with a clear message, before anything is written.
+    To connect (after merging the heads branch): call the heads helper's hard cut here, e.g.
+    ``polyprune.heads.<cut>(model, heads)`` removing ``q_proj`` rows and ``o_proj`` columns with a
+    uniform count per block. It runs after vocabulary and block removal, on the new block indices
+    (map old -> new with the kept blocks). Until then a plan with heads stops here with a clear
+    message, before anything is written.
 
     Raises:
         PolypruneError: always, while head removal is not connected.

@@ -167,6 +167,9 @@ def projected_sizes(model, plan: SlimPlan) -> dict[str, int]:
     _, blocks = find_blocks(model)
     for i in plan.remove_blocks:
         after["blocks"] -= sum(p.numel() for p in blocks[i].parameters())
+    if isinstance(plan.heads, dict):  # {block: [query heads]} (the heads helper's hard cut), blocks kept only
+        n = sum(len(v) for b, v in plan.heads.items() if int(b) not in plan.remove_blocks)
+        after["blocks"] -= n * head_params(model)
     return after
 
 
@@ -177,8 +180,8 @@ def project(loaded, cfg: SlimConfig, progress: Progress | None = None) -> Projec
     rows = sizes_table(part_sizes(loaded.model), projected_sizes(loaded.model, plan), dtype, cfg.dtype)
     notes = []
     if cfg.heads:
-        notes.append(f"Head removal is not connected yet; one query head holds {head_params(loaded.model):,} "
-                     "parameters per block.")
+        notes.append(f"Head removal is not connected yet (projected only): one query head holds "
+                     f"{head_params(loaded.model):,} parameters.")
     return Projection(plan, rows, notes)
 
 
