@@ -19,10 +19,10 @@ def _parse(argv):
     return ap.parse_args(argv)
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
+@pytest.fixture(scope="module", params=["llama", "gemma3"])  # untied and tied embeddings
+def folder(tmp_path_factory, request):
     tok = spm_bpe()
-    return save_lm(tmp_path_factory.mktemp("cli") / "src", tiny_lm("llama", len(tok)), tok)
+    return save_lm(tmp_path_factory.mktemp("cli") / "src", tiny_lm(request.param, len(tok)), tok)
 
 
 def test_slim_cli(folder, tmp_path, capsys, data_dir):

@@ -106,8 +106,9 @@ def _load(a):
 def _table(rows: list[dict]) -> str:
     out = [f"{'part':<10} {'params before':>15} {'after':>15} {'MB before':>10} {'MB after':>10} {'ratio':>6}"]
     for r in rows:
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:.3f}"
         out.append(f"{r['part']:<10} {r['params_before']:>15,} {r['params_after']:>15,} {r['bytes_before'] / 1e6:>10.1f} "
-                   f"{r['bytes_after'] / 1e6:>10.1f} {r['ratio'] if r['ratio'] is None else format(r['ratio'], '.3f'):>6}")
+                   f"{r['bytes_after'] / 1e6:>10.1f} {ratio:>6}")
     return "\n".join(out)
 
 
