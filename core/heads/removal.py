@@ -233,7 +233,8 @@ def _cut_state(model: nn.Module, layout: HeadLayout, heads: Heads, kv_removed: d
         for name in att.in_projs:
             mod = model.get_submodule(name)
             if not isinstance(mod, nn.Linear):
-                raise PolypruneError(f"{name} is not a plain linear layer", "")
+                raise PolypruneError(f"{name} is a {type(mod).__name__} (fused query/key/value), not separate linear "
+                                     "query, key and value projections", "")
             out = _out_features(mod)
             if out == H * d:
                 rows = q_rows

@@ -22,6 +22,7 @@ from .config import HeadsConfig
 from .cross import CrossEffects
 from .locate import BlockAttention, HeadLayout
 from .scoring import HeadScores
+from .stats import agreement
 
 SCORES_CSV = "head_scores.csv"
 SCORES_NPZ = "head_scores.npz"
@@ -93,7 +94,8 @@ def save_results(res: HeadsResult, out: str | Path, overwrite: bool = False, sou
                  tokens=s.tokens, sentences=s.sentences)
         settings = {"settings": res.config.to_dict(), "model": res.model, "layout": res.layout.to_dict(),
                     "ranking_kind": res.classes.kind, "seconds": res.timings(),
-                    "nll": dict(zip(s.languages, s.nll.tolist())), "tokens": dict(zip(s.languages, s.tokens.tolist()))}
+                    "nll": dict(zip(s.languages, s.nll.tolist())), "tokens": dict(zip(s.languages, s.tokens.tolist())),
+                    "taylor_vs_ablation": agreement(s.ablation, s.taylor, s.languages, res.classes.k)}
         (tmp / SETTINGS_JSON).write_text(dumps(settings) + "\n", encoding="utf-8")
         c = res.classes
         (tmp / CLASSES_CSV).write_text(csv_text(["layer", "head", "class", "language", "top_sets"], c.rows()), encoding="utf-8")
