@@ -199,3 +199,26 @@ def run_remove_heads(a) -> int:
          f"reload check: largest logit difference {res.reload_diff:.3g}")
     return 0
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m polyprune.heads.cli heads|remove-heads ...`` until the main CLI wires these commands."""
+    from ..errors import Cancelled
+
+    ap = argparse.ArgumentParser(prog="polyprune")
+    add_parsers(ap.add_subparsers(dest="cmd", required=True))
+    a = ap.parse_args(argv)
+    try:
+        return a.func(a)
+    except PolypruneError as e:
+        print(f"\npolyprune: error: {e.problem}", file=sys.stderr)
+        if e.fix:
+            print(f"  fix: {e.fix}", file=sys.stderr)
+        return 2
+    except (Cancelled, KeyboardInterrupt):
+        print("\npolyprune: cancelled; the model was left as it was", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
