@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QRectF, Qt
-from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout,
-                               QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPushButton, QSpinBox,
+from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
+                               QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPushButton, QScrollArea, QSpinBox,
                                QSplitter, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from polyprune.errors import PolypruneError
@@ -24,7 +24,7 @@ from ..widgets import LanguagePicker, PlotBox, group, heading, help_label, plot_
 #: Colour-blind-safe palette (Okabe-Ito, then Tableau) for languages; shared heads dark grey.
 PALETTE = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#4C78A8", "#F58518",
            "#54A24B", "#B279A2", "#9D755D"]
-SHARED_COLOR, NONE_COLOR = "#444444", "#f2f2f2"
+SHARED_COLOR, NONE_COLOR = "#444444", "#dcdcdc"
 SCORE_JOB, REMOVE_JOB = "Scoring heads", "Removing heads"
 JOB_NAMES = (SCORE_JOB, REMOVE_JOB)
 
@@ -48,20 +48,23 @@ class LanguageList(QWidget):
     def __init__(self, codes: list[str], tooltip: str):
         super().__init__()
         self.picker = LanguagePicker("eng_Latn")
+        self.picker.setMinimumContentsLength(12)
         self.picker.setToolTip(tooltip + " " + self.picker.toolTip())
         self.add = QPushButton("Add")
+        self.add.setToolTip("Add the language chosen on the left")
         self.add.clicked.connect(lambda: self.add_code(self.picker.code()))
         self.remove = QPushButton("Remove")
+        self.remove.setToolTip("Remove the languages selected in the list")
         self.remove.clicked.connect(self._remove_selected)
         self.list = QListWidget()
         self.list.setFlow(QListWidget.LeftToRight)
         self.list.setWrapping(True)
-        self.list.setMaximumHeight(56)
+        self.list.setMaximumHeight(52)
         self.list.setSelectionMode(QAbstractItemView.ExtendedSelection)
         self.list.setToolTip(tooltip)
         row = QHBoxLayout()
         row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.picker)
+        row.addWidget(self.picker, 1)
         row.addWidget(self.add)
         row.addWidget(self.remove)
         lay = QVBoxLayout(self)
@@ -100,8 +103,12 @@ def _spin(lo, hi, value, tip, double=False, step=None):
     return w
 
 
-def _ticks(plot, axis: str, labels: list[str]) -> None:
-    plot.getAxis(axis).setTicks([[(i, s) for i, s in enumerate(labels)]])
+def _ticks(plot, axis: str, labels: list[str], every: int = 1) -> None:
+    plot.getAxis(axis).setTicks([[(i, s) for i, s in enumerate(labels) if i % every == 0]])
+
+
+def _block_ticks(plot, L: int) -> None:
+    _ticks(plot, "left", [str(b) for b in range(L)], 1 if L <= 20 else 2 if L <= 40 else 5)
 
 
 class HeadsPanel(QWidget):
@@ -159,29 +166,43 @@ class HeadsPanel(QWidget):
         self.save_btn.setEnabled(False)
         self.save_btn.clicked.connect(self._save)
 
-        grid = QGridLayout()
-        grid.addWidget(QLabel("Languages"), 0, 0)
-        grid.addWidget(self.languages, 0, 1, 1, 9)
-        row = 1
-        for col, (lab, w) in enumerate((("Sentences", self.texts), ("split", self.split), ("sentences", self.samples),
-                                        ("tokens", self.seq_len), ("batch", self.batch))):
-            grid.addWidget(QLabel(lab), row, 2 * col, Qt.AlignRight)
-            grid.addWidget(w, row, 2 * col + 1)
-        row = 2
-        scores_row = QHBoxLayout()
-        for w in (self.k_ablation, self.k_taylor, QLabel("top share q"), self.top_share, QLabel("shared at m"),
-                  self.min_shared, self.cross, self.cross_split, QLabel("held-out sentences"), self.cross_samples):
-            scores_row.addWidget(w)
-        scores_row.addStretch(1)
-        grid.addWidget(QLabel("Scores"), row, 0, Qt.AlignRight)
-        grid.addLayout(scores_row, row, 1, 1, 9)
+        form = QFormLayout()
+        form.setLabelAlignment(Qt.AlignRight)
+        form.addRow("Languages", self.languages)
+        form.addRow("Sentences", self.texts)
+        r1 = QHBoxLayout()
+        for lab, w in (("sentences", self.samples), ("tokens", self.seq_len), ("batch", self.batch)):
+            r1.addWidget(QLabel(lab))
+            r1.addWidget(w)
+        r1.addStretch(1)
+        form.addRow("Split", self.split)
+        form.addRow("", r1)
+        r2 = QHBoxLayout()
+        for w in (self.k_ablation, self.k_taylor):
+            r2.addWidget(w)
+        r2.addStretch(1)
+        form.addRow("Scores", r2)
+        r2b = QHBoxLayout()
+        for w in (QLabel("top share q"), self.top_share, QLabel("shared at m"), self.min_shared):
+            r2b.addWidget(w)
+        r2b.addStretch(1)
+        form.addRow("", r2b)
+        r3 = QHBoxLayout()
+        for w in (self.cross, self.cross_split, QLabel("held-out sentences"), self.cross_samples):
+            r3.addWidget(w)
+        r3.addStretch(1)
+        form.addRow("", r3)
         btns = QHBoxLayout()
         for w in (self.score_btn, self.cancel_btn):
             btns.addWidget(w)
         btns.addStretch(1)
-        btns.addWidget(self.open_btn)
-        btns.addWidget(self.save_btn)
-        grid.addLayout(btns, 3, 0, 1, 10)
+        form.addRow(btns)
+        files = QHBoxLayout()
+        for w in (self.open_btn, self.save_btn):
+            files.addWidget(w)
+        files.addStretch(1)
+        form.addRow(files)
+        grid = form
         settings = group("Scoring", grid)
 
         # --- plots ---
@@ -218,8 +239,8 @@ class HeadsPanel(QWidget):
         self.scatter_box.plot.addItem(self.scatter)
 
         self.cross_box = PlotBox("cross_effects")
-        style_plot(self.cross_box.plot, "Cross-effects: ΔNLL when a language's specific heads are removed",
-                   "heads removed (language)", "language measured")
+        style_plot(self.cross_box.plot, "Cross-effects of removing specific heads",
+                   "language measured", "specific heads removed (language, count)")
         self.cross_img = pg.ImageItem(axisOrder="row-major")
         self.cross_box.plot.addItem(self.cross_img)
         self.cross_box.plot.invertY(True)
@@ -271,19 +292,26 @@ class HeadsPanel(QWidget):
         self.proposal.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.effects = results_table(["language", "role", "predicted ΔNLL (taylor)", "measured ΔNLL", "95 % interval",
                                       "perplexity ratio"], "Effect of the removal per language (held-out sentences)")
-        self.effects.setMaximumHeight(170)
-        rg = QGridLayout()
-        rg.addWidget(QLabel("Keep"), 0, 0, Qt.AlignRight)
-        rg.addWidget(self.keep, 0, 1)
-        rg.addWidget(QLabel("Drop"), 0, 2, Qt.AlignRight)
-        rg.addWidget(self.drop, 0, 3)
-        opts = QHBoxLayout()
-        for w in (self.heads_edit, QLabel("cut"), self.cut, self.nearest, QLabel("at most"), self.max_heads,
-                  self.propose_btn, self.export_btn):
-            opts.addWidget(w)
-        rg.addLayout(opts, 1, 0, 1, 4)
-        rg.addWidget(self.proposal, 2, 0, 1, 4)
-        rg.addWidget(self.effects, 3, 0, 1, 4)
+        self.effects.setMinimumHeight(150)
+        rg = QFormLayout()
+        rg.setLabelAlignment(Qt.AlignRight)
+        rg.addRow("Keep", self.keep)
+        rg.addRow("Drop", self.drop)
+        rg.addRow("Heads", self.heads_edit)
+        rg.addRow("Cut", self.cut)
+        most = QHBoxLayout()
+        most.addWidget(self.max_heads)
+        most.addWidget(QLabel("heads at most (0: no limit)"))
+        most.addStretch(1)
+        rg.addRow("", most)
+        rg.addRow("", self.nearest)
+        act = QHBoxLayout()
+        act.addWidget(self.propose_btn)
+        act.addWidget(self.export_btn)
+        act.addStretch(1)
+        rg.addRow(act)
+        rg.addRow(self.proposal)
+        rg.addRow(self.effects)
         removal = group("Remove the heads of languages you do not need", rg)
 
         lay = QVBoxLayout(self)
@@ -294,9 +322,23 @@ class HeadsPanel(QWidget):
             "estimate). A head in the top share of one language only is specific to it; in the top share of several, "
             "shared. Removing a language's specific heads should hurt that language more than the others: the "
             "cross-effect matrix checks it on held-out sentences."))
-        lay.addWidget(settings)
-        lay.addWidget(plots, 1)
-        lay.addWidget(removal)
+        left = QWidget()
+        ll = QVBoxLayout(left)
+        ll.setContentsMargins(0, 0, 0, 0)
+        ll.addWidget(settings)
+        ll.addWidget(removal)
+        ll.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidget(left)
+        scroll.setWidgetResizable(True)
+        scroll.setMinimumWidth(500)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        body = QSplitter(Qt.Horizontal)
+        body.addWidget(scroll)
+        body.addWidget(plots)
+        body.setStretchFactor(1, 1)
+        body.setSizes([520, 1000])
+        lay.addWidget(body, 1)
 
         ctx.state.model_loaded.connect(lambda _: self._clear_removal())
         ctx.state.busy_changed.connect(self.set_busy)
@@ -500,6 +542,7 @@ class HeadsPanel(QWidget):
         p = self.heat_box.plot
         p.setTitle(plot_title(f"Head scores: {language_name(res.scores.languages[k])}", f"{kind}; block × head"))
         _ticks(p, "bottom", [str(h) for h in range(H)])
+        _block_ticks(p, L)
         p.setXRange(-0.5, H - 0.5, padding=0)
         p.setYRange(-0.5, L - 0.5, padding=0)
 
@@ -510,12 +553,13 @@ class HeadsPanel(QWidget):
         self.map_img.setRect(QRectF(-0.5, -0.5, H, L))
         p = self.map_box.plot
         _ticks(p, "bottom", [str(h) for h in range(H)])
+        _block_ticks(p, L)
         p.setXRange(-0.5, H - 0.5, padding=0)
         p.setYRange(-0.5, L - 0.5, padding=0)
         legend = " ".join(f"<span style='color:{PALETTE[i % len(PALETTE)]}'>■</span> {html.escape(language_name(x))} "
                           f"({len(c.specific[x])})" for i, x in enumerate(c.languages))
         self.map_box.caption.setText(f"{legend} <span style='color:{SHARED_COLOR}'>■</span> shared ({len(c.shared)}) "
-                                     f"<span style='color:#bbb'>■</span> neither — top {c.k} heads per language by {c.kind}")
+                                     f"<span style='color:{NONE_COLOR}'>■</span> neither — top {c.k} heads per language by {c.kind}")
 
     def _draw_scatter(self) -> None:
         s = self.result.scores
