@@ -81,7 +81,7 @@ def naive_taylor(model, family, tok, texts, seq_len, L, H):
     d = model.config.hidden_size // H if family != "xglm" else model.config.d_model // H
     g = torch.ones(L, H, requires_grad=True)
     params = dict(model.named_parameters())
-    total, n = 0.0, 0
+    n = 0
     loss = torch.zeros(())
     for t in texts:
         ids = tok(t)["input_ids"][:seq_len]

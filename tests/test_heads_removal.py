@@ -7,15 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_model, make_tokenizer
-from test_heads import SENTENCES, loaded_tiny, write_texts
+from conftest import make_tiny_model
+from test_heads import loaded_tiny, write_texts
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from polyprune.errors import PolypruneError
 from polyprune.heads import HeadsConfig, RemovalConfig, apply_removal, find_heads, remove_heads, score_heads
 from polyprune.heads.removal import SoftRemoval, nearest_stock, propose_removal, stock_problem
 from polyprune.heads.scoring import HeadScores
-from polyprune.models import LoadedModel
 
 IDS = torch.tensor([[1, 40, 41, 42, 99, 120, 7, 77, 200, 13]])
 

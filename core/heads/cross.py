@@ -84,7 +84,7 @@ def effects(model: nn.Module, layout: HeadLayout, heldout: list[LanguageTexts], 
         statistics: ``{"base": [B arrays], "removed": [[B arrays] per A], "tokens": [B arrays]}``.
     """
     progress = ensure(progress)
-    nA, nB = len(removals), len(heldout)
+    nB = len(heldout)
     steps = nB * (1 + sum(1 for r in removals if r))
     done = 0
     base, toks = [], []

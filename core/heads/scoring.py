@@ -235,7 +235,7 @@ def ablation_scores(model: nn.Module, layout: HeadLayout, lt: LanguageTexts, bat
     steps, done = len(batches) * L * H, 0
     with eval_mode(model), torch.inference_mode():
         for inp, att, _ in batches:
-            outputs: list = [None] * L
+            outputs = [None] * L
             handles = [blk.register_forward_hook(lambda m, a, o, i=i: outputs.__setitem__(i, o))
                        for i, blk in enumerate(blocks)]
             try:
@@ -253,7 +253,6 @@ def ablation_scores(model: nn.Module, layout: HeadLayout, lt: LanguageTexts, bat
                         with HeadGates(model, layout, gates, blocks=[l]):
                             diff[l, h] += float(sentence_nll(model, inp, att).sum()) - base
                         done += 1
-            del outputs
     progress.update(steps, steps, f"ablation {lt.language}")
     n = lt.tokens
     return diff / n, base_total / n
