@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import PolypruneError
 from ..export import check_target, export, reload_check
+from ..fileio import jsonable
 from ..languages import language_name
 from ..models import LoadedModel
 from ..progress import Progress, ensure
@@ -167,12 +168,13 @@ def remove_heads(loaded: LoadedModel, cfg: HeadsConfig, out: str | Path, *, over
                          pred, progress.sub(0.5, 0.8))
         res.effects = eff[0]
     res.params_before = _count(model)
-    report = {"model": loaded.info() | {"name": loaded.meta.get("name", loaded.spec)},
+    report = {"model": loaded.info() | {"name": loaded.meta.get("name", loaded.spec)},  # strict JSON below
               "pruning": {"config": {"method": f"attention head removal ({r.cut} cut)"}, "overall_sparsity": None},
               "heads": {"removed": {str(b): hs for b, hs in heads.items()}, "requested": {str(b): hs for b, hs in requested.items()},
                         "cut": r.cut, "rule": plan.rule if plan else "explicit list",
                         "settings": cfg.to_dict(), "layout": layout.to_dict(),
                         "effects": [e.__dict__ for e in res.effects], "predicted": res.predicted}}
+    report = jsonable(report)
     progress.check()
     soft = SoftRemoval(model, layout, heads)
     try:
