@@ -144,8 +144,11 @@ def print_summary(res) -> None:
              "NLL change in nats/token [95% interval])")
         _log(" " * 10 + "".join(f"{b:>26}" for b in x.languages))
         for a, la in enumerate(x.languages):
+            if not x.removed[la]:
+                _log(f"{la:<10}  (no specific heads: nothing removed)")
+                continue
             cells = "".join(f"{x.delta[a, b]:>+9.4f} [{x.ci_low[a, b]:+.3f},{x.ci_high[a, b]:+.3f}]" for b in range(len(x.languages)))
-            _log(f"{la:<10}{cells}   specificity {x.specificity[a]:+.4f} [{x.spec_low[a]:+.4f}, {x.spec_high[a]:+.4f}]")
+            _log(f"{la:<10}{cells}   own - others {x.specificity[a]:+.4f} [{x.spec_low[a]:+.4f}, {x.spec_high[a]:+.4f}]")
 
 
 def run_heads(a) -> int:
