@@ -76,6 +76,8 @@ def test_scores_plots_match_core(qtbot, win, tmp_path):
     np.testing.assert_allclose(p.cross_img.image, ref.cross.delta.T.astype(np.float32), atol=1e-6)
     assert len(p.cross_texts) == 9
     assert any("[" in t.textItem.toPlainText() for t in p.cross_texts)
+    a_txt = p.cross_texts[0].textItem.toPlainText()  # removed language 0, measured language 0
+    assert a_txt.startswith(f"{ref.cross.delta[0, 0]:+.3f}") or a_txt == "no heads"
     # save: CSV, npz, settings and four PNGs; the folder opens again
     out = p.save_to(tmp_path / "saved")
     for name in ("head_scores.csv", "head_scores.npz", "head_settings.json", "classification.csv", "cross_effects.csv",

@@ -598,16 +598,20 @@ class HeadsPanel(QWidget):
         self.cross_img.setRect(QRectF(-0.5, -0.5, K, K))
         m = float(np.nanmax(np.abs(data))) or 1e-9
         self.cross_bar.setLevels((-m, m))
+        dec, fs = (3, 9) if K <= 3 else (2, 7) if K <= 6 else (2, 6)
         for a in range(K):
             for b in range(K):
-                txt = f"{x.delta[a, b]:+.3f}\n[{x.ci_low[a, b]:+.3f}, {x.ci_high[a, b]:+.3f}]" if x.removed[x.languages[a]] \
-                    else "no heads"
-                item = pg.TextItem(txt, color="#111", anchor=(0.5, 0.5))
+                txt = (f"{x.delta[a, b]:+.{dec}f}<br>[{x.ci_low[a, b]:+.{dec}f},{x.ci_high[a, b]:+.{dec}f}]"
+                       if x.removed[x.languages[a]] else "no heads")
+                item = pg.TextItem(html=f"<div style='text-align:center; color:#111; font-size:{fs}pt'>{txt}</div>",
+                                   anchor=(0.5, 0.5))
                 item.setPos(a, b)
                 p.addItem(item)
                 self.cross_texts.append(item)
-        _ticks(p, "bottom", [f"{c} ({len(x.removed[c])})" for c in x.languages])
-        _ticks(p, "left", list(x.languages))
+        short = (lambda c: c.split("_")[0]) if K > 4 else (lambda c: c)  # noqa: E731
+        _ticks(p, "bottom", [f"{short(c)} ({len(x.removed[c])})" for c in x.languages])
+        _ticks(p, "left", [short(c) for c in x.languages])
+        p.getAxis("bottom").setStyle(hideOverlappingLabels=False)
         p.setXRange(-0.5, K - 0.5, padding=0)
         p.setYRange(-0.5, K - 0.5, padding=0)
         spec = "; ".join(f"{la}: {x.specificity[i]:+.3f} [{x.spec_low[i]:+.3f}, {x.spec_high[i]:+.3f}]"
