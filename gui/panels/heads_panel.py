@@ -207,6 +207,7 @@ class HeadsPanel(QWidget):
 
         # --- plots ---
         self.show_lang = QComboBox()
+        self.show_lang.setSizeAdjustPolicy(QComboBox.AdjustToContents)
         self.show_lang.setToolTip("Language shown in the heatmap")
         self.show_kind = QComboBox()
         self.show_kind.addItems(["ablation", "taylor"])
@@ -589,6 +590,8 @@ class HeadsPanel(QWidget):
         x = self.result.cross
         if x is None:
             self.cross_img.clear()
+            for ax in ("bottom", "left"):
+                p.getAxis(ax).setTicks(None)
             self.cross_box.caption.setText("Tick cross-effects and score again to measure them.")
             return
         K = len(x.languages)
