@@ -162,6 +162,7 @@ class CrossEffects:
     tokens: np.ndarray
     split: str
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
     def rows(self) -> list[tuple]:
         """CSV rows: removed_language, measured_language, n_removed, nll_base, nll, delta, ci_low,
@@ -183,7 +184,7 @@ def cross_effects(model: nn.Module, layout: HeadLayout, specific: dict[str, list
         specific: ``{A: [(block, head)]}`` for the languages of ``heldout``, in the same order.
         taylor: optional ``[K, L, H]`` taylor scores, giving the predicted effect ``Σ_{h∈S_A} taylor_B[h]``.
     """
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     langs = [lt.language for lt in heldout]
     removals = [specific.get(la, []) for la in langs]
     K = len(langs)
@@ -196,4 +197,4 @@ def cross_effects(model: nn.Module, layout: HeadLayout, specific: dict[str, list
     return CrossEffects(langs, {la: list(r) for la, r in zip(langs, removals)}, get("nll_base")[0], get("nll"), get("delta"),
                         get("ci_low"), get("ci_high"), get("predicted"), spec[:, 0], spec[:, 1], spec[:, 2],
                         np.array([len(lt.ids) for lt in heldout]), np.array([lt.tokens for lt in heldout]), split,
-                        time.perf_counter() - t0)
+                        time.perf_counter() - t0, time.process_time() - c0)

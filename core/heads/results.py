@@ -58,6 +58,13 @@ class HeadsResult:
             t["cross"] = self.cross.seconds
         return t
 
+    def cpu_timings(self) -> dict:
+        """CPU seconds of this process per stage (what other processes on the machine do not change)."""
+        t = dict(self.scores.cpu_seconds)
+        if self.cross is not None:
+            t["cross"] = self.cross.cpu_seconds
+        return t
+
 
 def _num(v: float) -> str:
     return "" if v is None or not np.isfinite(v) else repr(float(v))
@@ -94,6 +101,7 @@ def save_results(res: HeadsResult, out: str | Path, overwrite: bool = False, sou
                  tokens=s.tokens, sentences=s.sentences)
         settings = {"settings": res.config.to_dict(), "model": res.model, "layout": res.layout.to_dict(),
                     "ranking_kind": res.classes.kind, "seconds": res.timings(),
+                    "cpu_seconds": res.cpu_timings(),
                     "nll": dict(zip(s.languages, s.nll.tolist())), "tokens": dict(zip(s.languages, s.tokens.tolist())),
                     "taylor_vs_ablation": agreement(s.ablation, s.taylor, s.languages, res.classes.k)}
         (tmp / SETTINGS_JSON).write_text(dumps(settings) + "\n", encoding="utf-8")
@@ -135,7 +143,8 @@ def load_results(folder: str | Path) -> HeadsResult:
         layout = HeadLayout(lay["n_blocks"], lay["n_heads"], lay["n_kv_heads"], lay["head_dim"], lay["hidden_size"],
                             [BlockAttention(i, "", n, []) for i, n in enumerate(lay["out_proj"])])
         scores = HeadScores([str(x) for x in z["languages"]], z["ablation"], z["taylor"], z["nll"], z["tokens"],
-                            z["sentences"], {k: v for k, v in meta.get("seconds", {}).items() if k != "cross"})
+                            z["sentences"], {k: v for k, v in meta.get("seconds", {}).items() if k != "cross"},
+                            {k: v for k, v in meta.get("cpu_seconds", {}).items() if k != "cross"})
         kind = meta.get("ranking_kind") or cfg.ranking_kind()
         classes = classify(scores.get(kind), scores.languages, cfg.top_share, cfg.min_shared, kind)
         cross = None
@@ -144,7 +153,8 @@ def load_results(folder: str | Path) -> HeadsResult:
             removed = {k: [tuple(h) for h in v] for k, v in json.loads(str(x["removed"])).items()}
             cross = CrossEffects([str(s) for s in x["languages"]], removed, x["nll_base"], x["nll"], x["delta"], x["ci_low"],
                                  x["ci_high"], x["predicted"], x["specificity"], x["spec_low"], x["spec_high"],
-                                 x["sentences"], x["tokens"], str(x["split"]), float(x["seconds"]))
+                                 x["sentences"], x["tokens"], str(x["split"]), float(x["seconds"]),
+                                 float(meta.get("cpu_seconds", {}).get("cross") or 0.0))
     except (OSError, KeyError, ValueError, json.JSONDecodeError) as e:
         raise PolypruneError(f"Could not read the head scores in {f}: {e}",
                              "write the folder again with 'polyprune heads --out DIR'") from e

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -268,6 +268,7 @@ class HeadScores:
         nll: ``[K]`` NLL of each language with all gates 1 (nats/token).
         tokens, sentences: ``[K]`` predicted tokens and sentences per language.
         seconds: wall time per kind (``{"taylor": s, "ablation": s}``).
+        cpu_seconds: CPU time of this process per kind (robust to other processes on the machine).
     """
 
     languages: list[str]
@@ -277,6 +278,7 @@ class HeadScores:
     tokens: np.ndarray
     sentences: np.ndarray
     seconds: dict
+    cpu_seconds: dict = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -324,12 +326,12 @@ def compute_scores(model: nn.Module, layout: HeadLayout, texts: list[LanguageTex
     w_t = 3.0 if "taylor" in kinds else 0.0
     w_a = float(L * H) if "ablation" in kinds else 0.0
     span = w_t + w_a
-    seconds = {}
+    seconds, cpu = {}, {}
     pos = 0.0
     for kind, w in (("taylor", w_t), ("ablation", w_a)):
         if not w:
             continue
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for k, lt in enumerate(texts):
             sub = progress.sub((pos + w * k / K) / span, (pos + w * (k + 1) / K) / span)
             if kind == "taylor":
@@ -337,6 +339,7 @@ def compute_scores(model: nn.Module, layout: HeadLayout, texts: list[LanguageTex
             else:
                 abl[k], nll[k] = ablation_scores(model, layout, lt, batch_size, pad, sub)
         seconds[kind] = time.perf_counter() - t0
+        cpu[kind] = time.process_time() - c0
         pos += w
     return HeadScores([t.language for t in texts], abl, tay, nll, np.array([t.tokens for t in texts]),
-                      np.array([len(t.ids) for t in texts]), seconds)
+                      np.array([len(t.ids) for t in texts]), seconds, cpu)

@@ -1,7 +1,8 @@
 """Benchmark: head scoring times on the demo model (taylor, ablation, cross-effects) and their floors.
 
 Times :func:`polyprune.heads.score_heads` stage by stage on the same sentences and compares each
-stage with a floor measured here on those sentences:
+stage with a floor measured here on those sentences (CPU seconds of this process, so other
+processes on a shared machine do not distort the ratios; wall seconds are reported too):
 
 * ``forward``: one plain forward pass (base model + LM head NLL) over every sentence;
 * ``taylor``: one forward and one backward pass per batch for all heads (ratio to ``forward``:
@@ -51,21 +52,23 @@ def main(argv=None) -> int:
     layout = find_heads(model)
     texts = load_texts(tok, cfg.texts, cfg.languages, cfg.samples, cfg.split, cfg.seq_len)
     pad = pad_id(tok, model)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for lt in texts:
         language_sentence_nll(model, layout, lt, cfg.batch_size, pad)
-    forward = time.perf_counter() - t
+    forward, forward_cpu = time.perf_counter() - t, time.process_time() - c
     res = score_heads(loaded, cfg)
-    tm = res.timings()
+    tm, cpu = res.timings(), res.cpu_timings()
     L, H = layout.n_blocks, layout.n_heads
     tokens = int(res.scores.tokens.sum())
     out = {
         "model": a.model, "languages": langs, "samples": a.samples, "seq_len": a.seq_len, "tokens": tokens,
         "blocks": L, "heads": H, "torch_threads": torch.get_num_threads(),
         "forward_s": forward, "taylor_s": tm.get("taylor"), "ablation_s": tm.get("ablation"), "cross_s": tm.get("cross"),
-        "taylor_over_forward": tm["taylor"] / forward,
-        "ablation_over_naive": tm["ablation"] / (L * H * forward),
-        "ablation_s_per_token": tm["ablation"] / tokens,
+        "forward_cpu_s": forward_cpu, "taylor_cpu_s": cpu.get("taylor"), "ablation_cpu_s": cpu.get("ablation"),
+        "cross_cpu_s": cpu.get("cross"),
+        "taylor_over_forward_cpu": cpu["taylor"] / forward_cpu,
+        "ablation_over_naive_cpu": cpu["ablation"] / (L * H * forward_cpu),
+        "ablation_cpu_s_per_token": cpu["ablation"] / tokens,
         "cross_forwards": len(langs) + sum(1 for v in res.classes.specific.values() if v) * len(langs),
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
     }
