@@ -25,7 +25,7 @@ from .progress import tqdm_progress
 from .recipe import METRICS, DemoConfig, EvalConfig, FeatureConfig, PruneConfig, Recipe, check_metrics
 
 #: Feature packages that add subcommands (module path, imported lazily to keep ``--help`` fast).
-COMMAND_MODULES: list[str] = ["polyprune.slimming.cli"]
+COMMAND_MODULES: list[str] = ["polyprune.heads.cli", "polyprune.slimming.cli"]
 
 _D, _P, _E = DemoConfig(), PruneConfig(), EvalConfig()
 
