@@ -33,33 +33,46 @@ def _fmt(v) -> str:
 
 
 def model_card(report: dict) -> str:
-    """A Markdown model card from a run report (see :func:`polyprune.pipeline.run`)."""
-    p = report.get("pruning", {})
-    cfg = p.get("config", {})
+    """A Markdown model card from a run report (see :func:`polyprune.pipeline.run`).
+
+    A report of a pruning gets the pruning table; a report of another change (head removal,
+    Lens, slimming) says what was done in ``report["summary"]`` and carries its own section
+    (``card_extra`` of :func:`export`). Calibration text is named by file, size and hash only.
+    """
+    p = report.get("pruning") or {}
+    cfg = p.get("config") or {}
     cal = p.get("calibration") or {}
+    model = report.get("model") or {}
+    pruned = cfg.get("method") in ("magnitude", "wanda", "sparsegpt", "wanda_refined")
+    tags = ["polyprune"] + (["pruned", str(cfg.get("method"))] if pruned else list(report.get("tags") or []))
     lines = [
         "---",
-        "tags: [pruned, polyprune, " + str(cfg.get("method", "")) + "]",
-        f"base_model: {report.get('model', {}).get('base_model') or report.get('model', {}).get('spec', '')}",
-        *([f"license: {report['model']['license']}"] if report.get("model", {}).get("license") else []),
+        "tags: [" + ", ".join(tags) + "]",
+        f"base_model: {model.get('base_model') or model.get('spec', '')}",
+        *([f"license: {model['license']}"] if model.get("license") else []),
         "---",
-        f"# {report.get('model', {}).get('name', 'Model')} — pruned with Polyprune",
+        f"# {model.get('name', 'Model')} — {'pruned' if pruned else 'changed'} with Polyprune",
         "",
-        "This checkpoint was pruned with Polyprune (Wanda-style pruning for multilingual LLMs). Pruned weights are",
-        "stored as zeros, so the files are the same size as the dense model's.",
-        "",
-        "## Pruning",
-        "",
-        "| setting | value |",
-        "|---|---|",
-        f"| method | {cfg.get('method')}{' (Wanda, Sun et al. 2024)' if cfg.get('method') == 'wanda' else ''} |",
-        f"| sparsity ratio | {cfg.get('sparsity')} |",
-        f"| pattern | {cfg.get('pattern')} (comparison group: {'N:M groups' if cfg.get('pattern') != 'unstructured' else 'each output row' if cfg.get('group') == 'row' else 'whole layer'}) |",
-        f"| measured sparsity (pruned layers) | {_fmt(p.get('overall_sparsity'))} |",
-        f"| skipped modules | {', '.join(cfg.get('skip') or []) or 'none'} |",
-        f"| skipped blocks | {', '.join(map(str, cfg.get('skip_blocks') or [])) or 'none'} |",
-        f"| seed | {report.get('seed')} |",
     ]
+    if report.get("summary"):
+        lines += [str(report["summary"]), ""]
+    if pruned:
+        lines += [
+            "This checkpoint was pruned with Polyprune (Wanda-style pruning for multilingual LLMs). Pruned weights are",
+            "stored as zeros, so the files are the same size as the dense model's.",
+            "",
+            "## Pruning",
+            "",
+            "| setting | value |",
+            "|---|---|",
+            f"| method | {cfg.get('method')}{' (Wanda, Sun et al. 2024)' if cfg.get('method') == 'wanda' else ''} |",
+            f"| sparsity ratio | {cfg.get('sparsity')} |",
+            f"| pattern | {cfg.get('pattern')} (comparison group: {'N:M groups' if cfg.get('pattern') != 'unstructured' else 'each output row' if cfg.get('group') == 'row' else 'whole layer'}) |",
+            f"| measured sparsity (pruned layers) | {_fmt(p.get('overall_sparsity'))} |",
+            f"| skipped modules | {', '.join(cfg.get('skip') or []) or 'none'} |",
+            f"| skipped blocks | {', '.join(map(str, cfg.get('skip_blocks') or [])) or 'none'} |",
+            f"| seed | {report.get('seed')} |",
+        ]
     if cal:
         kind = cal.get("kind")
         if kind == "text":
@@ -83,8 +96,9 @@ def model_card(report: dict) -> str:
     if ms:
         lines += ["", "## Measured sparsity per module", "", "| module | sparsity |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in ms.items()]
-    lines += ["", "## Reproduce", "", "`recipe.yaml` holds every setting; run it again with",
-              "`polyprune run recipe.yaml --out NEW_FOLDER`.", ""]
+    if report.get("recipe"):
+        lines += ["", "## Reproduce", "", "`recipe.yaml` holds every setting; run it again with",
+                  "`polyprune run recipe.yaml --out NEW_FOLDER`.", ""]
     notice = report.get("model", {}).get("notice")
     if notice:
         lines += ["## License", "", notice, ""]

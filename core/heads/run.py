@@ -169,7 +169,10 @@ def remove_heads(loaded: LoadedModel, cfg: HeadsConfig, out: str | Path, *, over
                          pred, progress.sub(0.5, 0.8))
         res.effects = eff[0]
     res.params_before = _count(model)
-    report = {"model": loaded.info() | {"name": loaded.meta.get("name", loaded.spec)},  # strict JSON below
+    report = {"model": loaded.info() | loaded.meta,  # strict JSON below
+              "summary": f"Attention heads removed with Polyprune ({r.cut} cut): {count_heads(heads)} heads; the "
+                         "section 'Removed attention heads' below lists them with the measured effect per language.",
+              "tags": ["attention-heads-removed", f"{r.cut}-cut"],
               "pruning": {"config": {"method": f"attention head removal ({r.cut} cut)"}, "overall_sparsity": None},
               "heads": {"removed": {str(b): hs for b, hs in heads.items()}, "requested": {str(b): hs for b, hs in requested.items()},
                         "cut": r.cut, "rule": plan.rule if plan else "explicit list",
