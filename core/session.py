@@ -17,6 +17,8 @@ worker thread with a :class:`~polyprune.progress.Progress` for progress and coop
   difference on the same items, the chance level and a plain verdict per cell;
 * :func:`try_variants` — greedy outputs of several variants for one prompt or one FLORES sentence;
 * :func:`compare_features` — a second feature setting measured and compared with a first one;
+* :func:`preview_calibration` — the first calibration samples of a setting, with their lengths;
+* :func:`study_rows_so_far` — the rows of a running study's finished cells;
 * :func:`export_variant` — one variant exported with its report, recipe and masks.
 
 Nothing here imports Qt; the window (:mod:`polyprune.gui`) only starts these and shows the results.
@@ -30,8 +32,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from .calibration import CalibrationSet
-from .datasets import flores_dir, read_flores
+from .calibration import CalibrationSet, build, normalize_spec
+from .calibration.prompts import build_prompts
+from .calibration.sources import read_calibration_text
+from .datasets import flores_dir, load_pairs, read_flores
 from .errors import PolypruneError
 from .evaluation import Result, compare
 from .evaluation.stats import paired_difference, seed_for
@@ -43,8 +47,10 @@ from .models import LoadedModel
 from .pipeline import FeatureRun, build_calibration, evaluate, export_model, prune_model, versions
 from .progress import Progress, ensure
 from .pruning import PruneResult, detach, reapply
-from .recipe import EvalConfig, FeatureConfig, Recipe
-from .study import lower_is_better
+from .recipe import DemoConfig, EvalConfig, FeatureConfig, Recipe, settings_from_dict
+from .study import StudyConfig, lower_is_better, plan
+from .study.config import eval_config, eval_signature
+from .study.folder import finished_rows
 
 #: Accuracy of guessing, per multiple-choice task (XNLI has three labels, the others two choices).
 CHANCE = {"xnli": 1 / 3, "pawsx": 0.5, "xcopa": 0.5, "xstorycloze": 0.5, "xwinograd": 0.5}
@@ -557,3 +563,94 @@ def export_variant(session: Session, variant: Variant, out: str | Path, recipe: 
     with session.holding(variant):
         return export_model(session.loaded, report, out, recipe=recipe, result=variant.result, overwrite=overwrite,
                             check=check, progress=progress, log=log, replace_hint=replace_hint)
+
+
+# --------------------------------------------------------------------------------------------
+# calibration preview
+# --------------------------------------------------------------------------------------------
+@dataclass
+class CalibrationPreview:
+    """The first samples of a calibration setting as the model will read them.
+
+    Attributes:
+        texts: the first samples (strings).
+        counts: tokens of every sample (``None`` without a tokenizer).
+        cuts: for each shown sample, the character offset where ``seq_len`` cuts it (``None``: whole).
+        samples: how many samples the setting has.
+        available: sentence pairs the source has (pair sources only).
+        seq_len: the calibration length in tokens.
+    """
+
+    texts: list[str]
+    counts: list[int] | None
+    cuts: list[int | None]
+    samples: int
+    available: int | None
+    seq_len: int
+
+
+def cut_offset(tokenizer, text: str, seq_len: int) -> int | None:
+    """Character offset where ``text`` is cut at ``seq_len`` tokens (``None`` if it fits or the
+    tokenizer has no offsets)."""
+    try:
+        enc = tokenizer(text, return_offsets_mapping=True)
+    except (NotImplementedError, TypeError, ValueError):
+        return None
+    ids = enc["input_ids"]
+    if len(ids) <= seq_len:
+        return None
+    ends = [e for s, e in enc["offset_mapping"][:seq_len] if e > 0]
+    return max(ends) if ends else 0
+
+
+def preview_calibration(spec: dict, tokenizer=None, shown: int = 3) -> CalibrationPreview:
+    """The first ``shown`` samples of the calibration ``spec`` (:func:`polyprune.calibration.build`
+    spec) and the token count of every sample. Pair sources and text files need no tokenizer;
+    other kinds (mixes) are built with it.
+
+    Raises:
+        PolypruneError: what building the set would raise (too few pairs, unknown language, a
+            missing file, ...); a mix without a tokenizer.
+    """
+    s = normalize_spec(spec)
+    kind = s["kind"]
+    available = None
+    if kind == "demos":
+        cfg = settings_from_dict(DemoConfig, {k: v for k, v in s.items() if k not in ("kind", "label")},
+                                 "demonstration settings")
+        pairs = load_pairs(cfg.source, cfg.src, cfg.tgt, cfg.split, cfg.src_column, cfg.tgt_column)
+        available = len(pairs)
+        eos = (tokenizer.eos_token or "") if tokenizer is not None else "<eos>"
+        texts, _ = build_prompts(cfg, eos=eos, pairs=pairs)
+    elif kind == "text":
+        texts = read_calibration_text(s["file"], s["samples"])
+    elif tokenizer is None:
+        raise PolypruneError("A preview of this calibration set needs the model's tokenizer",
+                             "load a model (Model panel) to see the preview")
+    else:
+        texts = build(spec, tokenizer).texts
+    counts = cuts = None
+    if tokenizer is not None:
+        counts = [len(x) for x in tokenizer(texts)["input_ids"]]
+        cuts = [cut_offset(tokenizer, t, s["seq_len"]) for t in texts[:shown]]
+    return CalibrationPreview(texts[:shown], counts, cuts or [], len(texts), available, s["seq_len"])
+
+
+# --------------------------------------------------------------------------------------------
+# studies
+# --------------------------------------------------------------------------------------------
+def study_rows_so_far(cfg: StudyConfig) -> list[dict]:
+    """The result rows of a study's cells finished so far (dense first, grid order), read from its
+    folder while the study runs (the study's own tables are written when it stops).
+
+    Raises:
+        PolypruneError: invalid study settings.
+    """
+    out = Path(cfg.out).expanduser()
+    if not out.is_dir():
+        return []
+    sig = eval_signature(eval_config(cfg.evaluation))
+    rows = list(finished_rows(out, "dense", sig) or [])
+    for cell in plan(cfg):
+        rows += finished_rows(out, cell.id, sig) or []
+    return rows

@@ -6,6 +6,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 from polyprune.errors import PolypruneError
 
 
@@ -25,8 +27,6 @@ def gui_torch_threads() -> int:
     (16–18 ms, 5 runs, 2 of them over the 50 ms target), and pruning was not faster there. On a
     many-core machine one core is a small price.
     """
-    import torch
-
     env = os.environ.get("POLYPRUNE_GUI_THREADS")
     if env and env.strip().isdigit() and int(env) > 0:
         return int(env)
@@ -65,7 +65,6 @@ def launch(model: str | None = None, screenshots: str | None = None, study: str 
                              "run it on a desktop session, or use the command line (polyprune --help); "
                              "for screenshots without a display set QT_QPA_PLATFORM=offscreen")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
     from PySide6.QtCore import QSettings, QTimer
 
     torch.set_num_threads(gui_torch_threads())

@@ -18,8 +18,8 @@ from conftest import save_tiny  # noqa: E402
 from test_gui import win  # noqa: E402,F401 - the window fixture
 from test_study import small_flores  # noqa: E402
 from polyprune.gui.main_window import MainWindow  # noqa: E402
-from polyprune.gui.panels.study_panel import example_study_text, heat_scores  # noqa: E402
-from polyprune.study import (heatmap_table, load_agreement, load_paired, load_rows, study_from_text,  # noqa: E402
+from polyprune.gui.panels.study_panel import example_study_text  # noqa: E402
+from polyprune.study import (heat_scores, heatmap_table, load_agreement, load_paired, load_rows, study_from_text,  # noqa: E402
                              study_status)
 
 LONG = 60000
