@@ -27,8 +27,8 @@ from polyprune.study import lower_is_better
 from ..widgets import (GLOSSARY, LanguagePicker, PlotBox, bar_colors, debounce, fmt_value, group, heading,
                        help_label, monospace, plot_title, primary, results_table, style_plot, write_csv)
 
-RESULT_COLUMNS = ["Task", "Language", "Metric", "n", "Chance", "Dense [95 % CI]", "Variant", "Value [95 % CI]",
-                  "Change [paired 95 % CI]", "Verdict"]
+RESULT_COLUMNS = ["Task", "Language", "Metric", "n", "Chance", "Dense [95 % CI]", "Variant [95 % CI]",
+                  "Change [paired 95 % CI]", "Verdict", "Variant"]
 TASK_LABELS = {
     "xnli": "XNLI — does one sentence follow from another? (3 labels)",
     "pawsx": "PAWS-X — are two sentences paraphrases? (2 labels)",
@@ -136,7 +136,8 @@ class EvaluationPanel(QWidget):
         self.bootstrap.setValue(1000)
         self.bootstrap.setToolTip("Bootstrap resamples for the 95 % intervals and the paired comparison (0 = none)")
         self.variants = QListWidget()
-        self.variants.setMaximumHeight(96)
+        self.variants.setMinimumHeight(56)
+        self.variants.setMaximumHeight(110)
         self.variants.setToolTip("Variants to evaluate; the dense model is always evaluated, as the reference. "
                                  "Results already measured with the same settings are reused")
         form = QFormLayout()
@@ -210,7 +211,7 @@ class EvaluationPanel(QWidget):
         body = QSplitter(Qt.Horizontal)
         body.addWidget(group("Tasks and languages", left))
         body.addWidget(group("Variants against dense", _wrap(self.views)))
-        body.setSizes([430, 900])
+        body.setSizes([400, 1000])
         lay = QVBoxLayout(self)
         lay.addWidget(heading("5 · Evaluation"))
         lay.addWidget(help_label(
@@ -550,7 +551,7 @@ class EvaluationPanel(QWidget):
 
     def table_values(self) -> list[dict]:
         """What the table holds, read back from its cells' raw values (for tests)."""
-        keys = ["task", "language", "metric", "n", "chance", "dense", "variant", "pruned", "delta", "verdict"]
+        keys = ["task", "language", "metric", "n", "chance", "dense", "pruned", "delta", "verdict", "variant"]
         return [{k: self.table.item(r, c).data(Qt.UserRole) for c, k in enumerate(keys)}
                 for r in range(self.table.rowCount())]
 
@@ -576,27 +577,27 @@ class EvaluationPanel(QWidget):
                 ("" if r["n"] is None else str(r["n"]), r["n"]),
                 ("" if r.get("chance") is None else f"{100 * r['chance']:.0f} %", r.get("chance")),
                 (self._with_ci(r["dense"], dense_ci, m), r["dense"]),
-                (names.get(variant, variant or ""), variant),
                 ("" if variant == "dense" else self._with_ci(r["pruned"], pruned_ci, m), r["pruned"]),
                 ("" if variant == "dense" else fmt_change(r.get("diff", r["delta"]), m, r["dense"])
                  + (f" [{fmt_change(diff_ci[0], m)}, {fmt_change(diff_ci[1], m)}]".replace(" pts", "")
                     if diff_ci else ""), r["delta"]),
                 ("" if variant == "dense" else verdict_text, verdict),
+                (names.get(variant, variant or ""), variant),
             ]
             for c, (text, raw) in enumerate(values):
                 item = QTableWidgetItem(text)
                 item.setData(Qt.UserRole, raw)
-                if 3 <= c <= 5 or c in (7, 8):
+                if 3 <= c <= 7:
                     item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
-                if c in (8, 9) and variant != "dense":
+                if c in (7, 8) and variant != "dense":
                     item.setForeground(QBrush(QColor(VERDICT_COLORS.get(verdict, "#57606a"))))
-                if c == 9 and verdict in (WORSE, BETTER):
+                if c == 8 and verdict in (WORSE, BETTER):
                     f = item.font()
                     f.setBold(True)
                     item.setFont(f)
                 if c == 4:
                     item.setToolTip(GLOSSARY["chance"])
-                if c == 9:
+                if c == 8:
                     item.setToolTip(GLOSSARY["paired"])
                 self.table.setItem(i, c, item)
         if rows:
@@ -630,7 +631,7 @@ class EvaluationPanel(QWidget):
         self.acc_choice.blockSignals(True)
         self.acc_choice.clear()
         for task, metric in combos:
-            self.acc_choice.addItem(f"{TASK_NAMES.get(task, task)} · {metric}", (task, metric))
+            self.acc_choice.addItem(f"{TASK_NAMES.get(task, task)} · {metric}", f"{task}|{metric}")
         i = self.acc_choice.findData(prev) if prev is not None else -1
         if i < 0 and combos:
             i = next((k for k, c in enumerate(combos) if c[1] == "acc"), 0)
@@ -638,8 +639,9 @@ class EvaluationPanel(QWidget):
         self.acc_choice.blockSignals(False)
 
     def _draw_acc(self) -> None:
-        choice = self.acc_choice.currentData()
-        rows = [r for r in self.rows() if choice is not None and (r["task"], r["metric"]) == tuple(choice)]
+        data = self.acc_choice.currentData()
+        choice = tuple(data.split("|", 1)) if data else None
+        rows = [r for r in self.rows() if choice is not None and (r["task"], r["metric"]) == choice]
         title = f"{TASK_NAMES.get(choice[0], choice[0])} {choice[1]}" if choice else "Accuracy"
         self._draw(self.acc_box.plot, rows, title, percent=bool(choice) and is_accuracy(choice[1]))
 

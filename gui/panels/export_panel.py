@@ -2,6 +2,7 @@
 the reload check."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, QUrl
@@ -19,6 +20,19 @@ from polyprune.session import export_variant
 from ..widgets import group, heading, help_label, monospace, primary
 
 REPLACE_HINT = "tick 'Replace the folder if it already exists' (Export panel)"
+#: Where exports go unless the user chooses a folder: ``~/Polyprune exports/<model>-<variant>``.
+EXPORT_ROOT = "Polyprune exports"
+
+
+def default_export_folder(model_name: str, variant_name: str) -> Path:
+    """A new folder under ``~/Polyprune exports`` named after the model and the variant (``-2``,
+    ``-3``, ... when taken)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{Path(model_name).name}-{variant_name}").strip("-.")[:80] or "model"
+    root = Path.home() / EXPORT_ROOT
+    out, k = root / slug, 2
+    while out.exists():
+        out, k = root / f"{slug}-{k}", k + 1
+    return out
 
 
 class ExportPanel(QWidget):
@@ -32,8 +46,10 @@ class ExportPanel(QWidget):
         self.variant = QComboBox()
         self.variant.setToolTip("Which variant to export (default: the one the model holds); the model holds it "
                                 "while it is written and goes back afterwards")
-        self.variant.currentIndexChanged.connect(lambda _: self._mark_dirty())
+        self.variant.currentIndexChanged.connect(lambda _: (self.suggest_target(), self._mark_dirty()))
         self.target = QLineEdit()
+        self._auto_target = ""  # the suggested folder shown while the user has not typed one
+        self.target.textEdited.connect(lambda _: setattr(self, "_auto_target", ""))
         self.target.setPlaceholderText("a new folder for the pruned model, e.g. ~/models/gemma3-270m-wanda50")
         self.target.setToolTip("Where the model is written. It must be a new folder (or tick Replace for a folder "
                                "Polyprune wrote before); the source model is never written to")
@@ -127,7 +143,22 @@ class ExportPanel(QWidget):
         i = self.variant.findData(want)
         self.variant.setCurrentIndex(max(0, i))
         self.variant.blockSignals(False)
+        self.suggest_target()
         self._mark_dirty()
+
+    def suggest_target(self) -> None:
+        """Fill the target folder with a new folder named after the model and variant, unless the
+        user typed one."""
+        st = self.ctx.state
+        typed = self.target.text().strip()
+        if st.loaded is None or (typed and typed != self._auto_target):
+            return
+        v = self.chosen_variant()
+        if v is None:
+            return
+        name = str(st.loaded.meta.get("base_model") or st.loaded.spec)
+        self._auto_target = str(default_export_folder(name, v.name))
+        self.target.setText(self._auto_target)
 
     def chosen_variant(self):
         """The variant to export."""
@@ -144,6 +175,7 @@ class ExportPanel(QWidget):
             name = "pruned-model"
             if self.ctx.state.loaded is not None:
                 name = Path(str(self.ctx.state.loaded.spec)).name.replace("/", "-") + "-pruned"
+            self._auto_target = ""
             self.target.setText(str(Path(path) / name))
 
     def _mark_dirty(self, *args) -> None:
@@ -218,6 +250,7 @@ class ExportPanel(QWidget):
             self.open_btn.setEnabled(True)
             st.set_exported(str(res.path), report)
             self.ctx.log(msg, "ok")
+            self.suggest_target()  # the next export goes to a new folder too
 
         return self.ctx.run_job("Exporting", job, on_finished=done,
                                 on_cancelled=lambda: self.result.setText("Cancelled: nothing was written."),
@@ -230,6 +263,8 @@ class ExportPanel(QWidget):
     def to_recipe(self, recipe: Recipe) -> None:
         """Write this panel's settings into ``recipe``."""
         t = self.target.text().strip()
+        if t == self._auto_target:  # a suggestion, not a setting
+            t = ""
         recipe.out = t or None
         recipe.export = bool(t)
         recipe.overwrite = self.overwrite.isChecked()
@@ -237,6 +272,8 @@ class ExportPanel(QWidget):
 
     def apply_recipe(self, recipe: Recipe) -> None:
         """Show ``recipe``'s settings in this panel."""
+        self._auto_target = ""
         self.target.setText(recipe.out or "")
+        self.suggest_target()
         self.overwrite.setChecked(bool(recipe.overwrite))
         self.reload.setChecked(bool(recipe.reload_check))

@@ -157,16 +157,17 @@ class FeaturesPanel(QWidget):
         # --- heatmap ---
         self.heat_box = PlotBox("feature_heatmap")
         hp = self.heat_box.plot
-        style_plot(hp, "Feature magnitudes (log scale)", "hidden state (blocks counted from 0)", "hidden dimension")
+        style_plot(hp, "Feature magnitudes (log scale)", "hidden state", "hidden dimension")
         self.heatmap = pg.ImageItem(axisOrder="row-major")
         hp.addItem(self.heatmap)
         hp.getViewBox().setMouseEnabled(x=True, y=False)
         self.cmap = pg.colormap.get("viridis")
         self.diff_cmap = pg.ColorMap(np.linspace(0, 1, 5), [(33, 102, 172), (146, 197, 222), (247, 247, 247),
                                                             (244, 165, 130), (178, 24, 43)])
-        self.colorbar = pg.ColorBarItem(values=(0, 1), colorMap=self.cmap, label=f"log₁₀ magnitude ({UNIT})",
+        self.colorbar = pg.ColorBarItem(values=(0, 1), colorMap=self.cmap, label="log₁₀ magnitude",
                                         interactive=False, width=14, pen="#666", colorMapMenu=False)
         self.colorbar.setImageItem(self.heatmap, insert_in=hp)
+        self.colorbar.axis.enableAutoSIPrefix(False)  # log ratios of ±0.03 must not read as ±30 "m"
         self.marker = pg.ScatterPlotItem(size=14, pen=pg.mkPen("#d62728", width=2), brush=None, symbol="s")
         hp.addItem(self.marker)
         self.hover = self.heat_box.caption
@@ -179,7 +180,6 @@ class FeaturesPanel(QWidget):
         # --- top-k bars ---
         self.top_box = PlotBox("feature_topk")
         style_plot(self.top_box.plot, "Top dimensions", "magnitude", "hidden dimension (largest first)")
-        self.top_box.plot.setLabel("left", f"magnitude ({UNIT})")
         self.top_bars = pg.BarGraphItem(x=[], height=[], width=0.8, brush=bar_colors()[0])
         self.top_box.plot.addItem(self.top_bars)
         self.top_box.plot.getViewBox().setMouseEnabled(x=False, y=False)
@@ -189,8 +189,7 @@ class FeaturesPanel(QWidget):
 
         # --- overlap ---
         self.ov_box = PlotBox("feature_overlap")
-        style_plot(self.ov_box.plot, "Overlap of top features", "share of A's top dimensions also in B's",
-                   "hidden state (emb, then after block 0, 1, …)")
+        style_plot(self.ov_box.plot, "Overlap of top features", "share in common", "hidden state")
         self.ov_bars = pg.BarGraphItem(x=[], height=[], width=0.75, brush=bar_colors()[1])
         self.ov_box.plot.addItem(self.ov_bars)
         self.ov_box.plot.setYRange(0, 1.05)
@@ -382,10 +381,10 @@ class FeaturesPanel(QWidget):
             m = max(abs(lo), abs(hi), 1e-6)
             lo, hi = -m, m
             self.colorbar.setColorMap(self.diff_cmap)
-            self.colorbar.axis.setLabel("log₁₀(B / A): red = larger under B, blue = larger under A")
+            self.colorbar.axis.setLabel("log₁₀(B / A)")
         else:
             self.colorbar.setColorMap(self.cmap)
-            self.colorbar.axis.setLabel(f"log₁₀ magnitude ({UNIT})")
+            self.colorbar.axis.setLabel("log₁₀ magnitude")
         if hi <= lo:
             hi = lo + 1e-6
         self.colorbar.setLevels((lo, hi))
@@ -399,8 +398,9 @@ class FeaturesPanel(QWidget):
         labels = self.ctx.state.feature_labels
         cal = run.calibration if kind != "b" else run.other_calibration
         what = {"a": "Setting A", "b": "Setting B", "diff": "B − A"}[kind]
-        name = {"a": labels[0], "b": labels[1], "diff": f"{labels[1]} vs {labels[0]}"}[kind]
+        name = {"a": labels[0], "b": labels[1], "diff": f"B: {labels[1]} − A: {labels[0]}"}[kind]
         sub = f"{name}, {len(cal)} samples · model holding “{self.ctx.state.features_variant}”"
+        sub += " · red: larger under B, blue: larger under A" if kind == "diff" else f" · {UNIT}"
         special = run.result.settings.get("exclude_special")
         if special:
             sub += " · special tokens left out"
@@ -424,7 +424,7 @@ class FeaturesPanel(QWidget):
         self.top_box.plot.setXRange(-0.6, len(idx) - 0.4, padding=0)
         self.top_box.plot.setYRange(0, float(vals.max()) * 1.08 if len(vals) else 1, padding=0)
         self.top_box.plot.setTitle(plot_title(f"Top {len(idx)} dimensions {row_label(layer, res.n_layers)}",
-                                              "setting A"))
+                                              f"setting A · {UNIT}"))
 
     def topk_data(self) -> tuple[np.ndarray, np.ndarray]:
         """``(dimensions, heights)`` drawn in the bar chart (for tests)."""

@@ -36,7 +36,7 @@ CONTRAST_KINDS = [("monolingual", "text in one language (FLORES-200, else built-
                   ("translation", "translation demonstrations of another language ↔ English"),
                   ("text", "a text file (one sample per line)")]
 PRUNE_FIELDS = {f.name for f in fields(PruneConfig)}
-VARIANT_COLUMNS = ["Variant (double-click to rename)", "Settings", "Removed", "Memory", "In the model"]
+VARIANT_COLUMNS = ["Variant (double-click to rename)", "In the model", "Removed", "Memory", "Settings"]
 
 
 def parse_blocks(text: str, n_blocks: int | None = None) -> list[int]:
@@ -205,7 +205,6 @@ class PruningPanel(QWidget):
         left.addLayout(btns)
         left.addWidget(self.progress_label)
         left.addWidget(self.progress)
-        left.addStretch(1)
 
         # --- variants ---
         self.variants_table = results_table(VARIANT_COLUMNS, GLOSSARY["variant"])
@@ -251,19 +250,20 @@ class PruningPanel(QWidget):
         self.plot_box.saved.connect(lambda p: ctx.log(f"Saved plot {p}"))
         self.plot_box.save_failed.connect(lambda pr, fx: ctx.error(pr, fx))
         self.summary = QTextBrowser()
-        self.summary.setMaximumHeight(170)
         self.summary.setHtml("<p style='color:#666'>Not pruned yet.</p>")
+        self.summary.setToolTip("The variant the model holds now")
+        left.addWidget(QLabel("<b>The variant the model holds</b>"))
+        left.addWidget(self.summary, 1)
         result = QWidget()
         r_lay = QVBoxLayout(result)
         r_lay.setContentsMargins(0, 0, 0, 0)
         r_lay.addWidget(self.plot_box, 1)
-        r_lay.addWidget(self.summary)
         variants = QWidget()
         variants.setLayout(v_lay)
         right_split = QSplitter(Qt.Vertical)
         right_split.addWidget(group("Variants of this session", v_lay_wrap(variants)))
-        right_split.addWidget(group("The variant the model holds", v_lay_wrap(result)))
-        right_split.setSizes([260, 440])
+        right_split.addWidget(group("Sparsity of the variant the model holds", v_lay_wrap(result)))
+        right_split.setSizes([230, 420])
 
         body = QHBoxLayout()
         body.addWidget(group("Settings", left), 4)
@@ -535,8 +535,8 @@ class PruningPanel(QWidget):
             r = t.rowCount()
             t.insertRow(r)
             removed = "0 %" if v.is_dense else f"{100 * v.result.overall:.1f} %"
-            cells = [v.name, v.describe(), removed, "–" if v.is_dense else fmt_bytes(v.nbytes()),
-                     "● yes" if v is st.active else ""]
+            cells = [v.name, "● yes" if v is st.active else "", removed, "–" if v.is_dense else fmt_bytes(v.nbytes()),
+                     v.describe()]
             for c, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 item.setData(Qt.UserRole, v.id)
