@@ -97,6 +97,19 @@ class Variant:
         weights (see :mod:`polyprune.pruning.records`)."""
         return 0 if self.result is None else self.result.nbytes()
 
+    def stored_nbytes(self) -> int:
+        """Memory the variant costs while the model holds another one: its mask bits, plus the kept
+        weights of a weight-changing method (SparseGPT)."""
+        if self.result is None:
+            return 0
+        n = 0
+        for rec in self.result.records.values():
+            n += rec.packed.nbytes
+            if rec.updates_weights:
+                t = rec.original if rec.original is not None else rec.kept
+                n += (rec.numel - rec.n_removed) * (t.element_size() if t is not None else 4)
+        return n
+
     def describe(self) -> str:
         """``"Wanda, unstructured, 50.0 % removed; calibration demos eng→fra"`` (or ``"dense"``)."""
         if self.result is None:
@@ -230,12 +243,28 @@ class Session:
         return sum(v.nbytes() for v in self.variants)
 
 
-def labelled(progress: Progress, start: float, end: float, label: str) -> Progress:
-    """A sub-range of ``progress`` whose messages start with ``label`` ("Dense · xnli fr: ...")."""
+def labelled(progress: Progress, start: float, end: float, label: str, units: Sequence[str] = ()) -> Progress:
+    """A sub-range of ``progress`` whose messages start with ``label``.
+
+    With ``units`` (task names), a message ``"<task> <language>"`` (how the evaluation runner
+    announces each task and language) is remembered and put before the messages that follow, so
+    every message names variant, task and language: ``"Dense model · xnli fr · scoring"``.
+    """
     child = progress.sub(start, end)
     cb = child.callback
-    if cb is not None:
-        child.callback = lambda frac, msg: cb(frac, f"{label} · {msg}" if msg else label)
+    if cb is None:
+        return child
+    current = [""]
+
+    def report(frac: float, msg: str) -> None:
+        words = msg.split()
+        if len(words) == 2 and words[0] in units:
+            current[0] = msg
+            cb(frac, f"{label} · {msg}")
+            return
+        head = f"{label} · {current[0]}" if current[0] else label
+        cb(frac, f"{head} · {msg}" if msg else head)
+    child.callback = report
     return child
 
 
@@ -393,7 +422,7 @@ def evaluate_variants(session: Session, variants: Sequence[Variant], cfg: EvalCo
     results = {v.id: known[v.id] for v in wanted if v.id in known}
     # dense first: the model moves dense -> v1 -> v2 ... -> back, each move exact
     for k, v in enumerate(todo):
-        sub = labelled(progress, k / len(todo), (k + 1) / len(todo), v.name)
+        sub = labelled(progress, k / len(todo), (k + 1) / len(todo), v.name, list(cfg.units()))
         with session.holding(v):
             results[v.id] = evaluate(session.loaded, cfg, sub)
     rows = []

@@ -13,7 +13,7 @@ from PySide6.QtCore import QRectF, QStringListModel, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFont, QPainter
 from PySide6.QtSvg import QSvgGenerator
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QCompleter, QFileDialog, QGroupBox, QHBoxLayout,
-                               QHeaderView, QLabel, QPushButton, QSizePolicy, QTableWidget, QToolButton, QVBoxLayout,
+                               QHeaderView, QLabel, QPushButton, QTableWidget, QToolButton, QVBoxLayout,
                                QWidget)
 
 from polyprune.errors import PolypruneError
@@ -458,12 +458,6 @@ def monospace() -> QFont:
     f = QFont("DejaVu Sans Mono")
     f.setStyleHint(QFont.Monospace)
     return f
-
-
-def expanding(w: QWidget) -> QWidget:
-    """Let ``w`` grow in both directions; returns ``w``."""
-    w.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
-    return w
 
 
 def primary(button: QPushButton) -> QPushButton:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("PySide6")
 pytest.importorskip("pytestqt")
@@ -30,7 +29,6 @@ from conftest import shared_data_dir  # noqa: E402
 from polyprune.calibration import build  # noqa: E402
 from polyprune.features import feature_magnitudes  # noqa: E402
 from polyprune.gui.main_window import MainWindow  # noqa: E402
-from polyprune.models import load_model  # noqa: E402
 from polyprune.recipe import load_recipe  # noqa: E402
 from polyprune.session import NO_CHANGE, WORSE, BETTER  # noqa: E402
 from test_gui import Gate, assert_same_weights, click, idle, load_tiny, save_tiny_long, weights  # noqa: E402

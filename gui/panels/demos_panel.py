@@ -662,13 +662,6 @@ def describe_spec(spec: dict) -> str:
     return spec_label(spec) if kind else "?"
 
 
-def describe(cfg: DemoConfig, text: str | None = None) -> str:
-    """Plain description of demonstration settings (see :func:`describe_spec`)."""
-    if text:
-        return f"text lines from {Path(text).name}"
-    return describe_spec(demos_spec(cfg))
-
-
 def _mark_eos(escaped: str, eos: str) -> str:
     if not eos:
         return escaped

@@ -199,6 +199,7 @@ class FeaturesPanel(QWidget):
         for box in (self.heat_box, self.top_box, self.ov_box):
             for ax in ("left", "bottom"):
                 box.plot.getAxis(ax).setStyle(hideOverlappingLabels=False)
+                box.plot.getAxis(ax).enableAutoSIPrefix(False)
 
         # --- token contexts ---
         self.tokens = QTextBrowser()
@@ -381,17 +382,17 @@ class FeaturesPanel(QWidget):
             m = max(abs(lo), abs(hi), 1e-6)
             lo, hi = -m, m
             self.colorbar.setColorMap(self.diff_cmap)
-            self.colorbar.axis.setLabel("log₁₀(B / A)")
+            self.colorbar.getAxis("left").setLabel("log₁₀(B / A)")
         else:
             self.colorbar.setColorMap(self.cmap)
-            self.colorbar.axis.setLabel("log₁₀ magnitude")
+            self.colorbar.getAxis("left").setLabel("log₁₀ magnitude")
         if hi <= lo:
             hi = lo + 1e-6
         self.colorbar.setLevels((lo, hi))
         hp = self.heat_box.plot
         hp.setXRange(0, d, padding=0)
-        hp.setYRange(0, n_layers, padding=0)
-        hp.getViewBox().setLimits(xMin=0, xMax=d, yMin=0, yMax=n_layers)
+        hp.setYRange(-0.35, n_layers + 0.35, padding=0)  # a margin, so the first and last row names show
+        hp.getViewBox().setLimits(xMin=0, xMax=d, yMin=-0.35, yMax=n_layers + 0.35)
         step = max(1, -(-n_layers // 12))
         rows = sorted(set(range(0, n_layers, step)) | {n_layers - 1})
         hp.getAxis("left").setTicks([[(i + 0.5, row_label(i, n_layers, short=True)) for i in rows]])
@@ -404,7 +405,8 @@ class FeaturesPanel(QWidget):
         special = run.result.settings.get("exclude_special")
         if special:
             sub += " · special tokens left out"
-        hp.setTitle(plot_title(html.escape(f"Feature magnitudes — {what} (log scale)"), html.escape(sub)))
+        scale = "log₁₀ ratio" if kind == "diff" else "log scale"
+        hp.setTitle(plot_title(html.escape(f"Feature magnitudes — {what} ({scale})"), html.escape(sub)))
 
     def _draw_topk(self) -> None:
         res = self.ctx.state.features

@@ -535,8 +535,9 @@ class PruningPanel(QWidget):
             r = t.rowCount()
             t.insertRow(r)
             removed = "0 %" if v.is_dense else f"{100 * v.result.overall:.1f} %"
-            cells = [v.name, "● yes" if v is st.active else "", removed, "–" if v.is_dense else fmt_bytes(v.nbytes()),
-                     v.describe()]
+            memory = "–" if v.is_dense else (f"{fmt_bytes(v.nbytes())} now, {fmt_bytes(v.stored_nbytes())} stored"
+                                             if v is st.active else fmt_bytes(v.nbytes()))
+            cells = [v.name, "● yes" if v is st.active else "", removed, memory, v.describe()]
             for c, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 item.setData(Qt.UserRole, v.id)
@@ -615,8 +616,8 @@ class PruningPanel(QWidget):
             f"<tr><td><b>Left dense</b></td><td>{skipped} layers; blocks "
             f"{', '.join(map(str, cfg['skip_blocks'])) or 'none'}; patterns {', '.join(cfg['skip']) or 'none'}</td></tr>"
             f"<tr><td><b>Calibration</b></td><td>{cal_txt}</td></tr>"
-            f"<tr><td><b>Memory</b></td><td>{fmt_bytes(v.nbytes())} (mask bits and what gives the dense weights "
-            "back)</td></tr>"
+            f"<tr><td><b>Memory</b></td><td>{fmt_bytes(v.nbytes())} while the model holds it (mask bits and what gives "
+            f"the dense weights back); {fmt_bytes(v.stored_nbytes())} when another variant is in the model</td></tr>"
             f"<tr><td><b>Time</b></td><td>{res.seconds:.1f} s</td></tr></table>")
         self.progress.setValue(1000)
 
