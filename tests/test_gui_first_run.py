@@ -121,6 +121,8 @@ def test_first_run_with_every_default_measures_prunes_evaluates_exports(qtbot, f
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o777 & ~umask  # the usual mode, not 0700
+    for f in target.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f.name  # not 0600
     # the recipe replays into a new folder right away ("out" is cleared)
     rec = load_recipe(target / "recipe.yaml")
     assert rec.out is None and rec.pruning.sparsity == 0.5

@@ -27,8 +27,8 @@ from polyprune.study import lower_is_better
 from ..widgets import (GLOSSARY, LanguagePicker, PlotBox, bar_colors, debounce, fmt_value, group, heading,
                        help_label, monospace, plot_title, primary, results_table, style_plot, write_csv)
 
-RESULT_COLUMNS = ["Task", "Language", "Metric", "n", "Chance", "Dense [95 % CI]", "Variant [95 % CI]",
-                  "Change [paired 95 % CI]", "Verdict", "Variant"]
+RESULT_COLUMNS = ["Task", "Language", "Metric", "n", "Chance", "Dense [95 % CI]", "Variant", "Variant's value [95 % CI]",
+                  "Verdict (paired)", "Change [paired 95 % CI]"]
 TASK_LABELS = {
     "xnli": "XNLI — does one sentence follow from another? (3 labels)",
     "pawsx": "PAWS-X — are two sentences paraphrases? (2 labels)",
@@ -209,7 +209,9 @@ class EvaluationPanel(QWidget):
         self.views.addTab(self._build_try(), "Try it")
 
         body = QSplitter(Qt.Horizontal)
-        body.addWidget(group("Tasks and languages", left))
+        left_box = group("Tasks and languages", left)
+        left_box.setMinimumWidth(340)
+        body.addWidget(left_box)
         body.addWidget(group("Variants against dense", _wrap(self.views)))
         body.setSizes([400, 1000])
         lay = QVBoxLayout(self)
@@ -551,7 +553,7 @@ class EvaluationPanel(QWidget):
 
     def table_values(self) -> list[dict]:
         """What the table holds, read back from its cells' raw values (for tests)."""
-        keys = ["task", "language", "metric", "n", "chance", "dense", "pruned", "delta", "verdict", "variant"]
+        keys = ["task", "language", "metric", "n", "chance", "dense", "variant", "pruned", "verdict", "delta"]
         return [{k: self.table.item(r, c).data(Qt.UserRole) for c, k in enumerate(keys)}
                 for r in range(self.table.rowCount())]
 
@@ -577,19 +579,19 @@ class EvaluationPanel(QWidget):
                 ("" if r["n"] is None else str(r["n"]), r["n"]),
                 ("" if r.get("chance") is None else f"{100 * r['chance']:.0f} %", r.get("chance")),
                 (self._with_ci(r["dense"], dense_ci, m), r["dense"]),
+                (_elide(names.get(variant, variant or ""), 26), variant),
                 ("" if variant == "dense" else self._with_ci(r["pruned"], pruned_ci, m), r["pruned"]),
-                ("" if variant == "dense" else fmt_change(r.get("diff", r["delta"]), m, r["dense"])
+                ("" if variant == "dense" else verdict_text, verdict),
+                ("" if variant == "dense" else fmt_change(r.get("diff", r["delta"]), m)
                  + (f" [{fmt_change(diff_ci[0], m)}, {fmt_change(diff_ci[1], m)}]".replace(" pts", "")
                     if diff_ci else ""), r["delta"]),
-                ("" if variant == "dense" else verdict_text, verdict),
-                (names.get(variant, variant or ""), variant),
             ]
             for c, (text, raw) in enumerate(values):
                 item = QTableWidgetItem(text)
                 item.setData(Qt.UserRole, raw)
-                if 3 <= c <= 7:
+                if c in (3, 4, 5, 7, 9):
                     item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
-                if c in (7, 8) and variant != "dense":
+                if c in (8, 9) and variant != "dense":
                     item.setForeground(QBrush(QColor(VERDICT_COLORS.get(verdict, "#57606a"))))
                 if c == 8 and verdict in (WORSE, BETTER):
                     f = item.font()
@@ -597,8 +599,12 @@ class EvaluationPanel(QWidget):
                     item.setFont(f)
                 if c == 4:
                     item.setToolTip(GLOSSARY["chance"])
+                if c == 6:
+                    item.setToolTip(names.get(variant, variant or ""))
                 if c == 8:
                     item.setToolTip(GLOSSARY["paired"])
+                if c == 9 and r["dense"] and r.get("diff") is not None and not is_accuracy(m):
+                    item.setToolTip(f"{100 * r['diff'] / r['dense']:+.1f} % of the dense value")
                 self.table.setItem(i, c, item)
         if rows:
             self.verdict_label.setText(
@@ -698,7 +704,7 @@ class EvaluationPanel(QWidget):
             plot.addItem(line)
         plot.getAxis("bottom").setTicks([[(i, short_lang(c)) for i, c in enumerate(langs)]])
         plot.setXRange(-0.6, len(langs) - 0.4, padding=0)
-        plot.setYRange(0, max(top * 1.25, 50 if percent else top * 1.25), padding=0)
+        plot.setYRange(0, max(top * 1.35, 50 if percent else top * 1.35), padding=0)
         better = "lower is better" if lower_is_better(rows[0]["metric"]) else "higher is better"
         plot.setTitle(plot_title(what, f"{better} · bars: value, whiskers: 95 % interval"
                                        + (" · dashed: chance level" if percent and chance is not None else "")))
@@ -766,6 +772,10 @@ class EvaluationPanel(QWidget):
         self.split.setCurrentIndex(max(0, self.split.findText(ev.split)))
         self.batch.setValue(ev.batch_size)
         self.bootstrap.setValue(ev.bootstrap)
+
+
+def _elide(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n - 1] + "…"
 
 
 def _wrap(widget: QWidget) -> QVBoxLayout:

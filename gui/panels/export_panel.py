@@ -47,6 +47,8 @@ class ExportPanel(QWidget):
         self.variant.setToolTip("Which variant to export (default: the one the model holds); the model holds it "
                                 "while it is written and goes back afterwards")
         self.variant.currentIndexChanged.connect(lambda _: (self.suggest_target(), self._mark_dirty()))
+        self._picked = None  # the variant the user chose in the list (else: the one the model holds)
+        self.variant.activated.connect(lambda _: setattr(self, "_picked", self.variant.currentData()))
         self.target = QLineEdit()
         self._auto_target = ""  # the suggested folder shown while the user has not typed one
         self.target.textEdited.connect(lambda _: setattr(self, "_auto_target", ""))
@@ -127,19 +129,19 @@ class ExportPanel(QWidget):
         for sig in (st.model_loaded, st.evaluated, st.calibration_changed, st.active_changed):
             sig.connect(self._mark_dirty)
         st.variants_changed.connect(self.refresh_variants)
+        st.active_changed.connect(lambda _: self.refresh_variants())
         st.busy_changed.connect(self.set_busy)
         self.refresh_card()
 
     def refresh_variants(self) -> None:
         """List the session's variants; the one the model holds is chosen unless another was."""
         st = self.ctx.state
-        prev = self.variant.currentData()
         self.variant.blockSignals(True)
         self.variant.clear()
         for v in st.variants:
             self.variant.addItem(v.name + ("  (in the model)" if v is st.active else ""), v.id)
         ids = [v.id for v in st.variants]
-        want = prev if prev in ids and prev != "dense" else (st.active.id if st.active is not None else None)
+        want = self._picked if self._picked in ids else (st.active.id if st.active is not None else None)
         i = self.variant.findData(want)
         self.variant.setCurrentIndex(max(0, i))
         self.variant.blockSignals(False)
