@@ -78,6 +78,8 @@ def fmt_change(d: float | None, metric: str, dense: float | None = None) -> str:
         return "–"
     if is_accuracy(metric):
         return f"{100 * d:+.1f} pts"
+    if abs(d) >= 1000:
+        return f"{d:+,.0f}"
     if metric == "perplexity" and dense:
         return f"{d:+.3g} ({100 * d / dense:+.1f} %)"
     return f"{d:+.3g}"

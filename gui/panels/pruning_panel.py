@@ -559,7 +559,10 @@ class PruningPanel(QWidget):
             return
         vid = item.data(Qt.UserRole)
         try:
+            old = self.ctx.state.session.get(vid).name
             self.ctx.state.rename_variant(vid, item.text())
+            if old != self.ctx.state.session.get(vid).name:
+                self.ctx.log(f"Renamed the variant “{old}” to “{self.ctx.state.session.get(vid).name}”")
         except PolypruneError as e:
             self.ctx.error(e.problem, e.fix or "")
             self.show_variants()
