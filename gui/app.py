@@ -51,8 +51,9 @@ def launch(model: str | None = None, screenshots: str | None = None, study: str 
 
     Args:
         model: a model spec to load at start (``"demo"`` for the demo model).
-        screenshots: a folder: run the workflow on ``model`` (default ``demo``) with small settings,
-            save one PNG per panel there (``00_main_window.png`` ... ``07_studies.png``) and exit.
+        screenshots: a folder: run the workflow on ``model`` (default ``demo``) with the settings a
+            new user gets (empty settings), save one PNG per panel there (``00_main_window.png``,
+            ``01_model.png``, ...) and exit; the status is 1 when any step fails.
         study: a study folder whose results the Studies panel shows at start.
 
     Raises:

@@ -31,7 +31,7 @@ from .panels.pruning_panel import PruningPanel
 from .panels.study_panel import StudyPanel
 from .state import AppState
 from .style import STYLE_SHEET
-from .widgets import GLOSSARY, window_words
+from .widgets import GLOSSARY, GLOSSARY_TITLES, window_words
 
 try:
     import psutil
@@ -514,8 +514,9 @@ class MainWindow(QMainWindow):
         dlg = QDialog(self)
         dlg.setWindowTitle("Polyprune glossary")
         view = QTextBrowser()
-        items = "".join(f"<p><b>{html.escape(k)}</b>: {html.escape(v)}</p>"
-                        for k, v in sorted(GLOSSARY.items(), key=lambda kv: kv[0].lower()))
+        titled = sorted(((GLOSSARY_TITLES.get(k, k.replace("_", " ")), v) for k, v in GLOSSARY.items()),
+                        key=lambda kv: kv[0].lower())
+        items = "".join(f"<p><b>{html.escape(k)}</b>: {html.escape(v)}</p>" for k, v in titled)
         view.setHtml("<h3>Terms in plain words</h3>" + items)
         buttons = QDialogButtonBox(QDialogButtonBox.Close)
         buttons.rejected.connect(dlg.close)

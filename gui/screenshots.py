@@ -19,9 +19,16 @@ from PySide6.QtWidgets import QApplication
 
 from polyprune.datasets import default_data_dir
 
-SHOT_NAMES = ["01_model.png", "02_demonstrations.png", "03_features.png", "04_pruning.png", "05_evaluation.png",
-              "06_export.png",
-              "07_studies.png"]
+from .main_window import PANELS
+
+
+def shot_name(index: int, title: str) -> str:
+    """``01_model.png`` for the first panel, titled "Model"."""
+    return f"{index:02d}_{title.lower().replace(' ', '_')}.png"
+
+
+#: One PNG per panel, in tab order (``01_model.png`` ... ``07_studies.png`` for the built-in panels).
+SHOT_NAMES = [shot_name(i, cls.title) for i, cls in enumerate(PANELS, 1)]
 MAIN_NAME = "00_main_window.png"
 
 
@@ -123,7 +130,7 @@ class ScreenshotRun(QObject):
             win.study_panel.views.setCurrentIndex(1)  # the calibration x language heatmap
         win.evaluation_panel.views.setCurrentIndex(0)  # the table with intervals and verdicts
         tabs = win.tabs
-        shots = list(zip(win.panels, SHOT_NAMES))
+        shots = [(p, shot_name(i, p.title)) for i, p in enumerate(win.panels, 1)]
 
         def grab_next():
             if not shots:

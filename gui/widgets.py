@@ -77,6 +77,17 @@ GLOSSARY = {
                        "and on request out of the statistics too."),
 }
 
+#: How the glossary names its entries.
+GLOSSARY_TITLES = {
+    "feature": "feature", "magnitude": "magnitude", "sparsity": "sparsity", "nm": "N:M sparsity",
+    "wanda": "Wanda", "magnitude_method": "magnitude pruning", "shots": "shots", "samples": "samples",
+    "seq_len": "sequence length", "template": "template", "overlap": "overlap", "trust_remote_code":
+    "trust_remote_code", "perplexity": "perplexity", "xnli": "XNLI", "revert": "use the dense model",
+    "variant": "variant", "owl": "OWL", "rankc": "RankC", "dice": "Dice (mask agreement)", "top_share": "top share",
+    "interval": "95 % interval", "paired": "paired comparison", "chance": "chance level",
+    "refined": "refined metric (Kim et al.)", "mix": "mix of languages", "chrf": "chrF++ and BLEU",
+    "special_tokens": "special tokens",
+}
 
 #: Command-line words in messages of the core, and the control of the window they stand for.
 WINDOW_WORDS = [

@@ -78,8 +78,9 @@ def win(qtbot, tmp_path):
 
 
 def idle(qtbot, w: MainWindow, timeout=LONG) -> None:
-    """Wait until no job thread runs (model jobs and previews)."""
+    """Wait until no job thread runs (model jobs and previews), then let deferred redraws run."""
     qtbot.waitUntil(lambda: not w.runner.active_jobs(), timeout=timeout)
+    qtbot.wait(20)
 
 
 def click(qtbot, button) -> None:

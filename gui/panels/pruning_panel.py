@@ -7,7 +7,7 @@ from dataclasses import fields
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout,
                                QLabel, QLineEdit, QProgressBar, QPushButton, QSlider, QSpinBox, QSplitter,
                                QTableWidgetItem, QTextBrowser, QToolButton, QVBoxLayout, QWidget)
@@ -278,8 +278,10 @@ class PruningPanel(QWidget):
         lay.addLayout(body, 1)
 
         self.set_config(PruneConfig())
-        ctx.state.active_changed.connect(self.show_active)
-        ctx.state.variants_changed.connect(self.show_variants)
+        # Redraws run on their own turns of the event loop (after a pruning several views change at
+        # once: one long handler would stall the window; see tests/benchmarks/bench_gui_stall.py).
+        ctx.state.active_changed.connect(lambda _=None: QTimer.singleShot(0, self.show_active))
+        ctx.state.variants_changed.connect(lambda: QTimer.singleShot(0, self.show_variants))
         ctx.state.busy_changed.connect(self.set_busy)
         ctx.state.calibration_changed.connect(lambda _: self._update_calib())
         ctx.state.model_loaded.connect(lambda _: self._update_calib())
@@ -575,7 +577,6 @@ class PruningPanel(QWidget):
 
     def show_active(self, variant=None) -> None:
         """Draw the per-block sparsity and the summary of the variant the model holds."""
-        self.show_variants()
         res = self.ctx.state.prune_result
         self.revert_btn.setEnabled(not self.ctx.state.busy and res is not None)
         if res is None:
@@ -609,7 +610,7 @@ class PruningPanel(QWidget):
             f"{cal.get('label') or cal.get('kind')} — {cal.get('samples')} samples, {cal.get('tokens')} tokens")
         if res.contrast:
             cal_txt += html.escape(f"; contrast set {res.contrast.get('label') or res.contrast.get('kind')}")
-        self.summary.setHtml(
+        text = (
             "<table cellpadding='2'>"
             f"<tr><td><b>Removed</b></td><td>{100 * res.overall:.2f} % of the weights in {len(res.records)} pruned "
             f"layers ({n_zero:,} of {n_params:,})</td></tr>"
@@ -622,6 +623,7 @@ class PruningPanel(QWidget):
             f"<tr><td><b>Memory</b></td><td>{fmt_bytes(v.nbytes())} while the model holds it (mask bits and what gives "
             f"the dense weights back); {fmt_bytes(v.stored_nbytes())} when another variant is in the model</td></tr>"
             f"<tr><td><b>Time</b></td><td>{res.seconds:.1f} s</td></tr></table>")
+        QTimer.singleShot(0, lambda: self.summary.setHtml(text))
         self.progress.setValue(1000)
 
     def sparsity_data(self) -> np.ndarray:
