@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -39,6 +41,17 @@ except ImportError:  # optional: the status bar then shows no memory figure
     psutil = None
 
 DEFAULT_SIZE = (1400, 900)
+#: How much lower the scheduling priority of a job's worker thread is than the window's (Linux
+#: ``nice`` of that thread only): the window keeps answering while a job computes on a busy machine.
+WORKER_NICE = 5
+
+
+def lower_thread_priority(nice: int = WORKER_NICE) -> None:
+    """Lower the scheduling priority of the calling thread (Linux; elsewhere nothing happens)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError, PermissionError):
+        pass
 
 #: The panels, in workflow order. A panel is a ``QWidget`` class with a ``title``, constructed as
 #: ``Panel(window)``, with ``to_recipe(recipe)``, ``apply_recipe(recipe)`` and
@@ -337,7 +350,11 @@ class MainWindow(QMainWindow):
             if canc:
                 canc()
 
-        job = self.runner.start(name, fn, model_changing=model_changing, on_finished=finished,
+        def work(progress):
+            lower_thread_priority()
+            return fn(progress)
+
+        job = self.runner.start(name, work, model_changing=model_changing, on_finished=finished,
                                 on_failed=failed, on_cancelled=cancelled, on_progress=on_progress)
         if job is not None:
             holder["job"] = job

@@ -439,10 +439,11 @@ class PruningPanel(QWidget):
                 st.store_calibration(spec, built)
             st.add_variant(variant)
             res = variant.result
-            self.progress_label.setText(f"Pruned: new variant “{variant.name}”")
-            self.ctx.log(f"New variant “{variant.name}”: {len(res.records)} layers pruned in {res.seconds:.1f} s, "
-                         f"{100 * res.overall:.2f} % of their weights removed; it costs {fmt_bytes(variant.nbytes())} "
-                         f"of memory. The model holds it now.")
+            msg = (f"New variant “{variant.name}”: {len(res.records)} layers pruned in {res.seconds:.1f} s, "
+                   f"{100 * res.overall:.2f} % of their weights removed; it costs {fmt_bytes(variant.nbytes())} "
+                   "of memory. The model holds it now.")
+            QTimer.singleShot(0, lambda: (self.progress_label.setText(f"Pruned: new variant “{variant.name}”"),
+                                          self.ctx.log(msg)))
 
         def unchanged(how: str):
             st.set_active()
