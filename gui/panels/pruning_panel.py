@@ -199,6 +199,9 @@ class PruningPanel(QWidget):
         self.progress.setFormat("%p %")
         self.progress_label = QLabel("Idle")
         self.progress_label.setWordWrap(True)
+        # a fixed height: a message of another length must not re-lay out (and repaint) the plots
+        self.progress_label.setFixedHeight(2 * self.progress_label.fontMetrics().lineSpacing() + 4)
+        self.progress_label.setAlignment(Qt.AlignLeft | Qt.AlignTop)
 
         left = QVBoxLayout()
         left.addLayout(form)
@@ -583,6 +586,7 @@ class PruningPanel(QWidget):
         if res is None:
             self.bars.setOpts(x=[], height=[])
             self.target_line.hide()
+            self._drawn = None
             self.summary.setHtml("<p style='color:#666'>The model is dense (not pruned)."
                                  + (" Put a variant in the model to see it here." if len(self.ctx.state.variants) > 1
                                     else "") + "</p>")
@@ -594,13 +598,19 @@ class PruningPanel(QWidget):
         p.setXRange(-0.6, len(sp) - 0.4, padding=0)
         p.setYRange(0, max(1.0, float(sp.max()) * 1.05 if len(sp) else 1.0), padding=0)
         step = max(1, len(sp) // 18)
-        p.getAxis("bottom").setTicks([[(i, str(i)) for i in range(0, len(sp), step)]])
+        ticks = [[(i, str(i)) for i in range(0, len(sp), step)]]
         cfg = res.config
-        self.target_line.setValue(cfg["sparsity"])
-        self.target_line.label.setFormat(f"target {cfg['sparsity']:.0%}")
+        title = (f"<span style='font-size:11pt; font-weight:600; color:#24292f'>Measured sparsity per block</span>"
+                 f"<br><span style='font-size:9pt; color:#57606a'>{html.escape(v.name)}</span>")
+        # Re-laying out axis labels and the HTML title costs tens of milliseconds on a busy machine:
+        # only when they change.
+        if getattr(self, "_drawn", None) != (ticks, cfg["sparsity"], title):
+            p.getAxis("bottom").setTicks(ticks)
+            self.target_line.setValue(cfg["sparsity"])
+            self.target_line.label.setFormat(f"target {cfg['sparsity']:.0%}")
+            p.setTitle(title)
+            self._drawn = (ticks, cfg["sparsity"], title)
         self.target_line.show()
-        p.setTitle(f"<span style='font-size:11pt; font-weight:600; color:#24292f'>Measured sparsity per block</span>"
-                   f"<br><span style='font-size:9pt; color:#57606a'>{html.escape(v.name)}</span>")
         # Counts from the core's numbers only: summing 100 M mask entries here would stall the window.
         n_params = sum(r.numel for r in res.records.values())
         n_zero = int(round(res.overall * n_params))
