@@ -25,7 +25,12 @@ def gui_torch_threads() -> int:
     on a 2-core machine shared with other jobs: with one torch thread the longest event-loop stall
     was 25–43 ms (99th percentile 9–13 ms, 3 runs); with torch's default two threads 34–88 ms
     (16–18 ms, 5 runs, 2 of them over the 50 ms target), and pruning was not faster there. On a
-    many-core machine one core is a small price.
+    many-core machine one core is a small price. Job threads also run at a lower priority than the
+    window (:data:`polyprune.gui.main_window.WORKER_NICE`); with the variants window (5 runs, load
+    average 3.4–5.3 from other agents) the longest stall was 54–106 ms and the 99th percentile
+    10.9–13.4 ms: the long ones fall at the start and the end of the job (repainting the busy
+    window, then the first paint of the per-block plot, 22–30 ms on an idle core) and, with no
+    window work at all, mid-pruning when other processes hold the cores.
     """
     env = os.environ.get("POLYPRUNE_GUI_THREADS")
     if env and env.strip().isdigit() and int(env) > 0:
