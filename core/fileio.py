@@ -371,6 +371,8 @@ def output_folder(target: str | Path, *, kind: str, sources: Iterable[str | Path
         yield tmp
         write_marker(tmp, kind, complete=True)
         _fix_mode(tmp, directory=True)
+        for p in tmp.rglob("*"):  # writers that use mkstemp (safetensors, via save_pretrained) leave 0600
+            _fix_mode(p, directory=p.is_dir())
         if out.exists():
             # check again: the folder may have changed while the work ran
             check_output(out, sources=sources, overwrite=overwrite, kind="folder", what=what, replace_hint=replace_hint)

@@ -259,6 +259,8 @@ class EvalConfig:
             95% intervals.
         translation: settings of ``flores_mt`` (shots, max_new_tokens, directions, batch_size).
         item_scores: keep every item's score in the results (paired comparisons).
+        task_languages: languages per task of :attr:`tasks` (``{"pawsx": ["de", "fr"]}``); a task
+            not named here runs on :attr:`languages`.
     """
 
     ppl: list[str] = field(default_factory=list)
@@ -277,6 +279,7 @@ class EvalConfig:
     bootstrap: int = 1000
     translation: dict = field(default_factory=dict)
     item_scores: bool = True
+    task_languages: dict = field(default_factory=dict)
 
     @property
     def enabled(self) -> bool:
@@ -307,7 +310,7 @@ class EvalConfig:
         if self.xnli:
             out["xnli"] = list(self.xnli)
         for t in self.tasks:
-            out.setdefault(t, list(self.languages) or None)
+            out.setdefault(t, list(self.task_languages.get(t) or self.languages) or None)
         return out
 
 

@@ -6,6 +6,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 from polyprune.errors import PolypruneError
 
 
@@ -23,10 +25,13 @@ def gui_torch_threads() -> int:
     on a 2-core machine shared with other jobs: with one torch thread the longest event-loop stall
     was 25–43 ms (99th percentile 9–13 ms, 3 runs); with torch's default two threads 34–88 ms
     (16–18 ms, 5 runs, 2 of them over the 50 ms target), and pruning was not faster there. On a
-    many-core machine one core is a small price.
+    many-core machine one core is a small price. Job threads also run at a lower priority than the
+    window (:data:`polyprune.gui.main_window.WORKER_NICE`); with the variants window (5 runs, load
+    average 3.4–5.3 from other agents) the longest stall was 54–106 ms and the 99th percentile
+    10.9–13.4 ms: the long ones fall at the start and the end of the job (repainting the busy
+    window, then the first paint of the per-block plot, 22–30 ms on an idle core) and, with no
+    window work at all, mid-pruning when other processes hold the cores.
     """
-    import torch
-
     env = os.environ.get("POLYPRUNE_GUI_THREADS")
     if env and env.strip().isdigit() and int(env) > 0:
         return int(env)
@@ -51,8 +56,9 @@ def launch(model: str | None = None, screenshots: str | None = None, study: str 
 
     Args:
         model: a model spec to load at start (``"demo"`` for the demo model).
-        screenshots: a folder: run the workflow on ``model`` (default ``demo``) with small settings,
-            save one PNG per panel there (``00_main_window.png`` ... ``07_studies.png``) and exit.
+        screenshots: a folder: run the workflow on ``model`` (default ``demo``) with the settings a
+            new user gets (empty settings), save one PNG per panel there (``00_main_window.png``,
+            ``01_model.png``, ...) and exit; the status is 1 when any step fails.
         study: a study folder whose results the Studies panel shows at start.
 
     Raises:
@@ -65,7 +71,6 @@ def launch(model: str | None = None, screenshots: str | None = None, study: str 
                              "run it on a desktop session, or use the command line (polyprune --help); "
                              "for screenshots without a display set QT_QPA_PLATFORM=offscreen")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
     from PySide6.QtCore import QSettings, QTimer
 
     torch.set_num_threads(gui_torch_threads())

@@ -1,26 +1,30 @@
-"""The main window: seven panels in workflow order, a log and progress dock, menus and shortcuts."""
+"""The main window: the panels in workflow order (:data:`PANELS`), a log and progress dock, menus
+and shortcuts, and the services the panels use (jobs, dialogs, the calibration settings)."""
 from __future__ import annotations
 
 import html
 import json
+import os
+import re
+import threading
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
+import torch
 from PySide6.QtCore import QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QDockWidget, QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMessageBox,
-                               QPlainTextEdit, QProgressBar, QPushButton, QTabWidget, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QDockWidget, QFileDialog, QHBoxLayout, QLabel, QMainWindow,
+                               QMessageBox, QPlainTextEdit, QProgressBar, QPushButton, QTabWidget, QTextBrowser,
+                               QVBoxLayout, QWidget)
 
 from polyprune import __version__
-from polyprune.demos import CalibrationSet, DemoConfig, build_calibration, validate_lengths
 from polyprune.errors import PolypruneError
 from polyprune.jobs import Job, JobRunner, describe_error
 from polyprune.recipe import Recipe, load_recipe, save_recipe
 
-from .panels.demos_panel import DemosPanel, calibration_key
+from .panels.demos_panel import DemosPanel
 from .panels.evaluation_panel import EvaluationPanel
 from .panels.export_panel import ExportPanel
 from .panels.features_panel import FeaturesPanel
@@ -29,39 +33,42 @@ from .panels.pruning_panel import PruningPanel
 from .panels.study_panel import StudyPanel
 from .state import AppState
 from .style import STYLE_SHEET
-from .widgets import GLOSSARY
+from .widgets import GLOSSARY, GLOSSARY_TITLES, window_words
+
+try:
+    import psutil
+except ImportError:  # optional: the status bar then shows no memory figure
+    psutil = None
 
 DEFAULT_SIZE = (1400, 900)
+#: How much lower the scheduling priority of a job's worker thread is than the window's (Linux
+#: ``nice`` of that thread only): the window keeps answering while a job computes on a busy machine.
+WORKER_NICE = 5
 
 
-@dataclass
-class CalibrationSnapshot:
-    """The demonstration settings at the moment a job starts, and how to get their calibration set.
+def lower_thread_priority(nice: int = WORKER_NICE) -> None:
+    """Lower the scheduling priority of the calling thread (Linux; elsewhere nothing happens)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError, PermissionError):
+        pass
 
-    ``get`` runs in the job thread (it reuses the set already built for the same settings, else
-    builds it); ``store`` runs in the GUI thread afterwards and records a newly built set.
-    """
+#: The panels, in workflow order. A panel is a ``QWidget`` class with a ``title``, constructed as
+#: ``Panel(window)``, with ``to_recipe(recipe)``, ``apply_recipe(recipe)`` and
+#: ``set_busy(busy, name)``; it becomes a tab and ``window.<snake_case_class_name>``
+#: (``ModelPanel`` -> ``window.model_panel``). Adding a panel is adding its class here.
+PANELS: list[type] = [ModelPanel, DemosPanel, FeaturesPanel, PruningPanel, EvaluationPanel, ExportPanel, StudyPanel]
 
-    state: AppState
-    cfg: DemoConfig
-    text: str | None
-    key: str
-    tokenizer: Any
-    cached: CalibrationSet | None
+def expected_failure(tb: str) -> bool:
+    """Whether a job's traceback ends in a :class:`~polyprune.errors.PolypruneError` (a mistake the
+    user can fix, reported in one line) rather than an unexpected error (a bug)."""
+    lines = [ln for ln in (tb or "").strip().splitlines() if ln.strip()]
+    return bool(lines) and lines[-1].split(":", 1)[0].strip().endswith("PolypruneError")
 
-    def get(self, progress) -> CalibrationSet:
-        """The calibration set for the job (built in the job thread unless already built)."""
-        if self.cached is not None:
-            return self.cached
-        progress.update(0, 1, "Building demonstrations")
-        cal = build_calibration(self.cfg, self.tokenizer, self.text)
-        progress.update(1, 1, "Demonstrations built")
-        return cal
 
-    def store(self, cal: CalibrationSet) -> None:
-        """Record a newly built calibration set in the application state (GUI thread)."""
-        if self.state.calibration is not cal:
-            self.state.set_calibration(cal, self.key)
+def attr_name(panel) -> str:
+    """``ModelPanel`` -> ``model_panel``."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(panel).__name__).lower()
 
 
 class MainWindow(QMainWindow):
@@ -79,22 +86,19 @@ class MainWindow(QMainWindow):
         self.state = AppState(self)
         self.runner = JobRunner(self)
         self.errors: list[tuple[str, str]] = []
+        self.tracebacks: list[str] = []
         self._closing = False
         self._closed = False
-        self._boxes: list[QMessageBox] = []
+        self._boxes: list[QWidget] = []
         self.setWindowTitle(f"Polyprune {__version__} — prune and inspect multilingual language models")
         self.setStyleSheet(STYLE_SHEET)
         self._build_dock()
 
-        self.model_panel = ModelPanel(self)
-        self.demos_panel = DemosPanel(self)
-        self.features_panel = FeaturesPanel(self)
-        self.pruning_panel = PruningPanel(self)
-        self.evaluation_panel = EvaluationPanel(self)
-        self.export_panel = ExportPanel(self)
-        self.study_panel = StudyPanel(self)
-        self.panels = [self.model_panel, self.demos_panel, self.features_panel, self.pruning_panel,
-                       self.evaluation_panel, self.export_panel, self.study_panel]
+        self.panels = []
+        for cls in PANELS:
+            panel = cls(self)
+            self.panels.append(panel)
+            setattr(self, attr_name(panel), panel)
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         for i, p in enumerate(self.panels, 1):
@@ -109,8 +113,8 @@ class MainWindow(QMainWindow):
         self.runner.progress.connect(self._progress)
         self.runner.idle.connect(self._maybe_close)
         self.state.model_loaded.connect(lambda _: self._update_status())
-        self.state.pruned.connect(lambda _: self._update_status())
-        self.state.reverted.connect(self._update_status)
+        self.state.active_changed.connect(lambda _: self._update_status())
+        self.state.variants_changed.connect(self._update_status)
 
         self.resize(*DEFAULT_SIZE)
         if restore:
@@ -158,16 +162,18 @@ class MainWindow(QMainWindow):
         sb = self.statusBar()
         self.busy_label = QLabel("Ready")
         self.busy_label.setObjectName("busy")
+        self.variant_label = QLabel()
         self.device_label = QLabel()
         self.dtype_label = QLabel()
         self.memory_label = QLabel()
         for w, tip in ((self.busy_label, "What the application is doing"),
+                       (self.variant_label, "The variant the model holds now (Pruning panel: Variants)"),
                        (self.device_label, "Where the model runs"),
                        (self.dtype_label, "Precision of the model's weights"),
                        (self.memory_label, "Memory used by Polyprune (and on the GPU, if any)")):
             w.setToolTip(tip)
         sb.addWidget(self.busy_label, 1)
-        for w in (self.device_label, self.dtype_label, self.memory_label):
+        for w in (self.variant_label, self.device_label, self.dtype_label, self.memory_label):
             sb.addPermanentWidget(w)
         self._mem_timer = QTimer(self)
         self._mem_timer.setInterval(1000)
@@ -185,7 +191,8 @@ class MainWindow(QMainWindow):
         return a
 
     def _build_actions(self) -> None:
-        mp, dp, fp, pp, ep, xp, sp = self.panels
+        mp, dp, fp, pp = self.model_panel, self.demos_panel, self.features_panel, self.pruning_panel
+        ep, xp, sp = self.evaluation_panel, self.export_panel, self.study_panel
         self.actions_by_name = {
             "open_model": self._action("Open model folder…", "Ctrl+O", mp.browse_folder, "Open a Hugging Face model folder"),
             "open_gguf": self._action("Open .gguf file…", None, mp.browse_gguf),
@@ -198,8 +205,8 @@ class MainWindow(QMainWindow):
             "build": self._action("Build demonstrations", "Ctrl+B", dp.build),
             "features": self._action("Measure features", "Ctrl+M", fp.measure),
             "compare": self._action("Compare feature settings", None, fp.compare),
-            "prune": self._action("Prune", "Ctrl+R", pp.prune),
-            "revert": self._action("Revert to dense", "Ctrl+Shift+R", pp.revert),
+            "prune": self._action("Prune (new variant)", "Ctrl+R", pp.prune),
+            "revert": self._action("Use the dense model", "Ctrl+Shift+R", pp.revert),
             "evaluate": self._action("Evaluate", "Ctrl+E", ep.run),
             "export": self._action("Export", "Ctrl+Shift+E", xp.export),
             "study": self._action("Run / resume study", None, sp.run,
@@ -218,7 +225,8 @@ class MainWindow(QMainWindow):
             m.addSeparator() if k is None else m.addAction(a[k])
         m = mb.addMenu("&View")
         for i, p in enumerate(self.panels, 1):
-            act = self._action(f"{i}  {p.title}", f"Ctrl+{i}", lambda p=p: self.tabs.setCurrentWidget(p))
+            act = self._action(f"{i}  {p.title}", f"Ctrl+{i}" if i <= 9 else None,
+                               lambda p=p: self.tabs.setCurrentWidget(p))
             m.addAction(act)
         m.addSeparator()
         m.addAction(self.dock.toggleViewAction())
@@ -232,7 +240,7 @@ class MainWindow(QMainWindow):
     # services for the panels
     # ------------------------------------------------------------------------------------
     def log(self, message: str, level: str = "info") -> None:
-        """Append a timestamped line to the log."""
+        """Append a timestamped line to the log (``level``: info, ok, warn, error, muted)."""
         colors = {"info": "#222", "error": "#b71c1c", "warn": "#e65100", "ok": "#1b5e20", "muted": "#777"}
         stamp = time.strftime("%H:%M:%S")
         text = html.escape(message).replace("\n", "<br>")
@@ -240,13 +248,21 @@ class MainWindow(QMainWindow):
                                  f"<span style='color:{colors.get(level, '#222')}'>{text}</span>")
 
     def error(self, problem: str, fix: str = "", details: str = "") -> QMessageBox:
-        """Show a problem and its fix in a (non-blocking, window-modal) dialog and log it."""
+        """Show a problem and its fix in a (non-blocking, window-modal) dialog and log one line.
+
+        Command-line options in the text are replaced by the controls of the window
+        (:func:`window_words`). ``details`` (the traceback of an unexpected error) is only in the
+        dialog, behind its "Show Details…" button.
+        """
+        problem, fix = window_words(problem), window_words(fix or "")
         self.errors.append((problem, fix))
-        self.log(f"Problem: {problem}" + (f" — Fix: {fix}" if fix else ""), "error")
         if details:
-            self.log(details.rstrip(), "muted")
+            self.tracebacks.append(details)
+            self.log(f"Unexpected error: {problem} (the dialog's Show Details… has the technical details)", "error")
+        else:
+            self.log(f"Problem: {problem}" + (f" — Fix: {fix}" if fix else ""), "error")
         box = QMessageBox(self)
-        box.setIcon(QMessageBox.Warning)
+        box.setIcon(QMessageBox.Critical if details else QMessageBox.Warning)
         box.setWindowTitle("Polyprune")
         box.setText(f"<b>{html.escape(problem)}</b>")
         if fix:
@@ -268,26 +284,18 @@ class MainWindow(QMainWindow):
             return False
         return True
 
-    def demos_config(self) -> tuple[DemoConfig, str | None]:
-        """The Demonstrations panel's settings: ``(DemoConfig, raw text file or None)``."""
-        return self.demos_panel.config()
+    def calibration_spec(self) -> dict:
+        """The calibration settings of the Demonstrations panel as one
+        :func:`polyprune.calibration.build` spec.
 
-    def calibration_snapshot(self) -> CalibrationSnapshot | None:
-        """The current demonstration settings for a job, or ``None`` (after a dialog) if invalid."""
-        cfg, text = self.demos_panel.config()
-        if text is not None and not text.strip():
-            self.error("No text file is chosen for raw text calibration",
-                       "choose a text file in the Demonstrations panel, or another source of pairs")
-            return None
-        try:
-            validate_lengths(cfg.samples, cfg.seq_len, cfg.shots)
-        except PolypruneError as e:
-            self.error(e.problem, e.fix or "")
-            return None
-        key = calibration_key(cfg, text)
-        st = self.state
-        cached = st.calibration if st.calibration_key == key else None
-        return CalibrationSnapshot(st, cfg, text, key, st.loaded.tokenizer, cached)
+        Raises:
+            PolypruneError: a setting that cannot be used (named with its control).
+        """
+        return self.demos_panel.spec()
+
+    def calibration_for(self, spec: dict):
+        """The calibration set already built for ``spec``, or ``None`` (the job builds it)."""
+        return self.state.cached_calibration(spec)
 
     def _safe(self, fn: Callable | None) -> Callable | None:
         if fn is None:
@@ -305,11 +313,16 @@ class MainWindow(QMainWindow):
 
     def run_job(self, name: str, fn: Callable, on_finished: Callable | None = None,
                 on_failed: Callable | None = None, on_cancelled: Callable | None = None,
-                model_changing: bool = True, quiet: bool = False) -> Job | None:
+                on_progress: Callable | None = None, model_changing: bool = True, quiet: bool = False) -> Job | None:
         """Start ``fn(progress)`` in the background with logging and error dialogs.
 
-        ``quiet`` jobs (previews) neither log nor show dialogs; their ``on_failed`` handles errors.
-        Returns the :class:`Job`, or ``None`` when refused because another model job runs.
+        ``on_progress(fraction, message)`` receives this job's progress only. ``quiet`` jobs
+        (previews) neither log nor show dialogs; their ``on_failed`` handles errors. An expected
+        error (:class:`~polyprune.errors.PolypruneError`) gives one log line and a dialog naming the
+        control to change; an unexpected one also keeps its traceback behind the dialog's details.
+
+        Returns:
+            The :class:`Job`, or ``None`` when refused because another model job runs.
         """
         if self._closed or (self._closing and model_changing):
             return None
@@ -327,18 +340,22 @@ class MainWindow(QMainWindow):
 
         def failed(problem, fix, tb):
             if not quiet:
-                self.error(problem, fix, tb)
+                self.error(problem, fix, "" if expected_failure(tb) else tb)
             if fail:
                 fail(problem, fix, tb)
 
         def cancelled():
             if not quiet:
-                self.log(f"{name}: cancelled; nothing was changed", "warn")
+                self.log(f"{name}: cancelled", "warn")
             if canc:
                 canc()
 
-        job = self.runner.start(name, fn, model_changing=model_changing, on_finished=finished,
-                                on_failed=failed, on_cancelled=cancelled)
+        def work(progress):
+            lower_thread_priority()
+            return fn(progress)
+
+        job = self.runner.start(name, work, model_changing=model_changing, on_finished=finished,
+                                on_failed=failed, on_cancelled=cancelled, on_progress=on_progress)
         if job is not None:
             holder["job"] = job
             job.done.connect(lambda: holder.clear())
@@ -391,7 +408,7 @@ class MainWindow(QMainWindow):
         self.progress.setValue(int(frac * 1000))
         job = self.runner.current
         if msg:
-            self.job_label.setText(f"{job.name if job else ''}: {msg}" if job else msg)
+            self.job_label.setText(f"{job.name}: {msg}" if job else msg)
 
     def _update_status(self) -> None:
         info = self.state.info
@@ -401,20 +418,17 @@ class MainWindow(QMainWindow):
         else:
             self.device_label.setText("Device: –")
             self.dtype_label.setText("Precision: –")
+        active = self.state.active
+        self.variant_label.setText(f"Model holds: {active.name}" if active is not None else "No model")
         self._update_memory()
 
     def _update_memory(self) -> None:
         try:
-            import psutil
-
-            rss = psutil.Process().memory_info().rss
-            text = f"Memory: {rss / 2 ** 30:.2f} GiB"
+            text = f"Memory: {psutil.Process().memory_info().rss / 2 ** 30:.2f} GiB"
         except Exception:  # noqa: BLE001 - psutil missing or restricted
             text = "Memory: –"
         info = self.state.info
         if info and str(info.get("device", "")).startswith("cuda"):
-            import torch
-
             text += f" · GPU {torch.cuda.memory_allocated() / 2 ** 30:.2f} GiB"
         self.memory_label.setText(text)
 
@@ -467,9 +481,10 @@ class MainWindow(QMainWindow):
         if path:
             try:
                 self.save_recipe(path)
-            except (OSError, PolypruneError) as e:
-                problem, fix = describe_error(e)
-                self.error(problem, fix if isinstance(e, PolypruneError) else "choose a folder you can write to")
+            except PolypruneError as e:
+                self.error(e.problem, e.fix or "")
+            except OSError as e:
+                self.error(f"Could not write {path}: {e.strerror or e}", "choose a folder you can write to")
 
     def open_recipe_dialog(self) -> None:
         """Ask which recipe to open (File → Open recipe, Ctrl+Shift+O)."""
@@ -511,14 +526,28 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------------------------
     # help
     # ------------------------------------------------------------------------------------
-    def show_glossary(self) -> None:
-        """Explain the terms in plain words (F1)."""
-        items = "".join(f"<p><b>{k.replace('_', ' ')}</b>: {html.escape(v)}</p>" for k, v in GLOSSARY.items())
-        box = QMessageBox(self)
-        box.setWindowTitle("Polyprune glossary")
-        box.setText("<h3>Terms in plain words</h3>" + items)
-        box.open()
-        self._boxes.append(box)
+    def show_glossary(self) -> QDialog:
+        """Explain the terms in plain words (F1), in a scrollable dialog that fits a laptop screen."""
+        dlg = QDialog(self)
+        dlg.setWindowTitle("Polyprune glossary")
+        view = QTextBrowser()
+        titled = sorted(((GLOSSARY_TITLES.get(k, k.replace("_", " ")), v) for k, v in GLOSSARY.items()),
+                        key=lambda kv: kv[0].lower())
+        items = "".join(f"<p><b>{html.escape(k)}</b>: {html.escape(v)}</p>" for k, v in titled)
+        view.setHtml("<h3>Terms in plain words</h3>" + items)
+        buttons = QDialogButtonBox(QDialogButtonBox.Close)
+        buttons.rejected.connect(dlg.close)
+        lay = QVBoxLayout(dlg)
+        lay.addWidget(view, 1)
+        lay.addWidget(buttons)
+        screen = self.screen().availableGeometry() if self.screen() is not None else None
+        height = min(560, int(screen.height() * 0.8)) if screen is not None else 560
+        dlg.resize(620, height)
+        dlg.glossary_view = view
+        self._boxes.append(dlg)
+        dlg.finished.connect(lambda _=0, b=dlg: self._boxes.remove(b) if b in self._boxes else None)
+        dlg.open()
+        return dlg
 
     def show_about(self) -> None:
         """Show the version and what Polyprune does."""

@@ -1,11 +1,11 @@
-"""``polyprune gui --model M --screenshots DIR``: run the whole workflow with small settings,
-save one PNG per panel and exit.
+"""``polyprune gui --model M --screenshots DIR``: run the whole workflow with the settings a new
+user gets, save one PNG per panel and exit (status 1 when any step fails).
 
-The steps are the ones a user clicks through: load the model, build demonstrations (FLORES-200
-English→French when the data folder is present, else the built-in pairs), measure features,
-compare with monolingual prompts, prune 50% with Wanda, evaluate dense vs pruned on a few
-examples (when data is present), export to a temporary folder. Each step is a job of the window
-itself, so the screenshots show exactly what a user sees.
+The steps are the ones a user clicks through, with every setting left at its default (the window
+starts from empty settings): load the model, build the demonstrations, measure features, compare
+with monolingual prompts, prune, evaluate the dense model and the new variant (when the data folder
+is present), try both on a FLORES sentence, export to a temporary folder. Each step is a job of
+the window itself, so the screenshots show exactly what a user sees.
 """
 from __future__ import annotations
 
@@ -17,35 +17,40 @@ from typing import Callable
 from PySide6.QtCore import QObject, QTimer
 from PySide6.QtWidgets import QApplication
 
-from polyprune.recipe import default_data_dir
+from polyprune.datasets import default_data_dir
 
-SHOT_NAMES = ["01_model.png", "02_demonstrations.png", "03_features.png", "04_pruning.png", "05_evaluation.png",
-              "06_export.png",
-              "07_studies.png"]
+from .main_window import PANELS
+
+
+def shot_name(index: int, title: str) -> str:
+    """``01_model.png`` for the first panel, titled "Model"."""
+    return f"{index:02d}_{title.lower().replace(' ', '_')}.png"
+
+
+#: One PNG per panel, in tab order (``01_model.png`` ... ``07_studies.png`` for the built-in panels).
+SHOT_NAMES = [shot_name(i, cls.title) for i, cls in enumerate(PANELS, 1)]
 MAIN_NAME = "00_main_window.png"
 
 
 class ScreenshotRun(QObject):
     """Drive a :class:`~polyprune.gui.main_window.MainWindow` through the workflow, then grab PNGs."""
 
-    def __init__(self, window, model: str, out_dir: Path, tmp: Path, samples: int = 8, seq_len: int = 128,
-                 study: str | None = None):
+    def __init__(self, window, model: str, out_dir: Path, tmp: Path, study: str | None = None):
         super().__init__(window)
         self.win = window
         self.model = model
         self.out = Path(out_dir)
         self.tmp = Path(tmp)
-        self.samples = samples
-        self.seq_len = seq_len
         self.exit_code = 1
         self.data = default_data_dir()
         self.steps: list[tuple[str, Callable]] = [
             ("load", lambda: self.win.model_panel.load(self.model)),
-            ("demonstrations", self._demos),
+            ("demonstrations", self.win.demos_panel.build),
             ("features", self.win.features_panel.measure),
             ("compare", self.win.features_panel.compare),
-            ("prune", self._prune),
+            ("prune", self.win.pruning_panel.prune),
             ("evaluate", self._evaluate),
+            ("try it", self._try),
             ("export", self._export),
         ]
         self.files: list[Path] = []
@@ -69,7 +74,7 @@ class ScreenshotRun(QObject):
         self.say(f"step: {name}")
         job = step()
         if job is None:
-            if name == "evaluate":  # skipped: no data
+            if name in ("evaluate", "try it") and not self.has_data():  # skipped: no data folder
                 QTimer.singleShot(0, self._next)
                 return
             self._fail(f"step {name} could not start: {self.win.errors[-1] if self.win.errors else '?'}")
@@ -89,34 +94,19 @@ class ScreenshotRun(QObject):
         QTimer.singleShot(0, lambda: QApplication.instance().exit(1))
 
     # --- steps --------------------------------------------------------------------------
-    def _demos(self):
-        dp = self.win.demos_panel
-        flores = self.data / "flores200" if self.data is not None else None
-        if flores is not None and (flores / "dev" / "eng_Latn.dev").exists():
-            dp.set_values(source=f"flores:{flores}", src="eng_Latn", tgt="fra_Latn", shots=4,
-                          samples=self.samples, seq_len=self.seq_len, calibration_text=None)
-        else:
-            dp.set_values(source="builtin", src="eng_Latn", tgt="fra_Latn", shots=4, samples=self.samples,
-                          seq_len=self.seq_len, calibration_text=None)
-        dp.refresh_preview()
-        return dp.build()
-
-    def _prune(self):
-        pp = self.win.pruning_panel
-        pp.method.setCurrentIndex(pp.method.findData("wanda"))
-        pp.pattern.setCurrentIndex(pp.pattern.findData("unstructured"))
-        pp.sparsity.setValue(0.5)
-        return pp.prune()
+    def has_data(self) -> bool:
+        return self.data is not None and (self.data / "flores200").is_dir()
 
     def _evaluate(self):
-        ep = self.win.evaluation_panel
-        if self.data is None or not (self.data / "flores200").is_dir():
+        if not self.has_data():
             self.say("no evaluation data folder: skipping evaluation")
             return None
-        ep.data.setText(str(self.data))
-        ep.set_checked(["eng_Latn", "fra_Latn", "swh_Latn"], ["en", "fr"])
-        ep.limit.setValue(8)
-        return ep.run()
+        return self.win.evaluation_panel.run()
+
+    def _try(self):
+        if not self.has_data():
+            return None
+        return self.win.evaluation_panel.try_it()
 
     def _export(self):
         xp = self.win.export_panel
@@ -138,8 +128,9 @@ class ScreenshotRun(QObject):
         if self.study:  # the Studies panel shows a finished study (running one here would take too long)
             win.study_panel.show_folder(self.study, load_study=True)
             win.study_panel.views.setCurrentIndex(1)  # the calibration x language heatmap
+        win.evaluation_panel.views.setCurrentIndex(0)  # the table with intervals and verdicts
         tabs = win.tabs
-        shots = list(zip(win.panels, SHOT_NAMES))
+        shots = [(p, shot_name(i, p.title)) for i, p in enumerate(win.panels, 1)]
 
         def grab_next():
             if not shots:

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QStringListModel, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QFont
-from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QCompleter, QFileDialog, QFrame, QGroupBox, QHBoxLayout,
-                               QHeaderView, QLabel, QPushButton, QSizePolicy, QTableWidget, QToolButton, QVBoxLayout,
+import pyqtgraph.exporters as pg_exporters
+from PySide6.QtCore import QRectF, QStringListModel, Qt, QTimer, Signal
+from PySide6.QtGui import QColor, QFont, QPainter
+from PySide6.QtSvg import QSvgGenerator
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QCompleter, QFileDialog, QGroupBox, QHBoxLayout,
+                               QHeaderView, QLabel, QPushButton, QTableWidget, QToolButton, QVBoxLayout,
                                QWidget)
 
 from polyprune.errors import PolypruneError
@@ -44,7 +47,80 @@ GLOSSARY = {
     "perplexity": "FLORES perplexity: how surprised the model is by real sentences in a language. Lower is better.",
     "xnli": "XNLI accuracy: does the model tell whether one sentence follows from another? Higher is better.",
     "revert": "Put every removed weight back exactly as it was, without reading the model from disk.",
+    "variant": ("The dense model or one pruning of it, with the settings that made it. Polyprune keeps every variant "
+                "until you delete it; the model holds one at a time and switches between them exactly, bit for bit. "
+                "A stored variant costs its mask (one bit per weight) plus, for SparseGPT, the weights it changed."),
+    "owl": ("OWL (outlier-weighted layer-wise sparsity, Yin et al. 2024) prunes blocks with many large-magnitude "
+            "features less and the others more, keeping the average sparsity."),
+    "rankc": ("RankC (Qi et al. 2023): how consistently the model ranks the answers of a question in English and in "
+              "another language (1 = the same ranking on every item). Measured on XNLI's parallel items."),
+    "dice": ("Mask agreement (Dice): the share of kept weights two prunings have in common, 2·|A∩B| / (|A|+|B|); 1 "
+             "means the same mask, about 1 − sparsity for two random masks."),
+    "top_share": ("Top share: the share of hidden dimensions compared when two feature settings are compared "
+                  "(Kim et al. use the top 40 %): the overlap counts how many of A's largest dimensions are also "
+                  "among B's."),
+    "interval": ("95 % interval: the range the true value lies in with 95 % confidence, from resampling the examples "
+                 "(bootstrap). With few examples it is wide: a difference smaller than it is noise."),
+    "paired": ("Paired comparison: dense and pruned are scored on the same examples, and the difference is "
+               "resampled example by example. Its interval is much narrower than comparing the two intervals; the "
+               "verdict says 'worse than dense' only when the whole interval is on the worse side."),
+    "chance": ("Chance level: the accuracy of guessing (1/3 for XNLI's three labels, 1/2 for the two-choice tasks). "
+               "A dense model at chance in a language cannot show a loss there."),
+    "refined": ("Kim et al.'s refined metric (wanda_refined): scores a weight by its size times how much its input is "
+                "used on the base set (the demonstrations) relative to a contrast set (e.g. other languages), so "
+                "weights the base set needs more than the contrast set are kept."),
+    "mix": ("A mix of languages: calibration samples in several languages, in the proportions you give "
+            "(Multilingual Brain Surgeon). Each language reads its own FLORES sentences."),
+    "chrf": "chrF++ and BLEU: how close a translation is to the reference, 0–100; higher is better.",
+    "special_tokens": ("Special tokens (<bos>, <eos>, padding) are added by the tokenizer, not written by anyone. "
+                       "Many models put their largest activations on them, so they are left out of the token lists, "
+                       "and on request out of the statistics too."),
 }
+
+#: How the glossary names its entries.
+GLOSSARY_TITLES = {
+    "feature": "feature", "magnitude": "magnitude", "sparsity": "sparsity", "nm": "N:M sparsity",
+    "wanda": "Wanda", "magnitude_method": "magnitude pruning", "shots": "shots", "samples": "samples",
+    "seq_len": "sequence length", "template": "template", "overlap": "overlap", "trust_remote_code":
+    "trust_remote_code", "perplexity": "perplexity", "xnli": "XNLI", "revert": "use the dense model",
+    "variant": "variant", "owl": "OWL", "rankc": "RankC", "dice": "Dice (mask agreement)", "top_share": "top share",
+    "interval": "95 % interval", "paired": "paired comparison", "chance": "chance level",
+    "refined": "refined metric (Kim et al.)", "mix": "mix of languages", "chrf": "chrF++ and BLEU",
+    "special_tokens": "special tokens",
+}
+
+#: Command-line words in messages of the core, and the control of the window they stand for.
+WINDOW_WORDS = [
+    (r"pass --overwrite", "tick 'Replace the folder if it already exists' in the Export panel"),
+    (r"--overwrite", "'Replace the folder if it already exists' (Export panel)"),
+    (r"--calibration-text FILE|--calibration-text", "the source 'Raw text lines' (Demonstrations panel)"),
+    (r"--contrast-text FILE|--contrast-text", "the contrast set (Pruning panel)"),
+    (r"flores:DIR", "a FLORES-200 folder (Source of pairs, Demonstrations panel)"),
+    (r"--samples", "Samples (Demonstrations panel)"),
+    (r"--shots", "Shots (Demonstrations panel)"),
+    (r"--seq-len", "Sequence length (Demonstrations panel)"),
+    (r"--demos", "Source of pairs (Demonstrations panel)"),
+    (r"--src", "Source language (Demonstrations panel)"),
+    (r"--tgt", "Target language (Demonstrations panel)"),
+    (r"--sparsity", "Sparsity (Pruning panel)"),
+    (r"--method", "Method (Pruning panel)"),
+    (r"--pattern", "Pattern (Pruning panel)"),
+    (r"--skip-blocks", "Skip blocks (Pruning panel)"),
+    (r"--data DIR|--data", "the Data folder (Evaluation panel)"),
+    (r"--limit", "Examples per language (Evaluation panel)"),
+    (r"--languages", "the ticked languages (Evaluation panel)"),
+    (r"--tasks", "the ticked tasks (Evaluation panel)"),
+    (r"--model", "the model field (Model panel)"),
+    (r"--trust-remote-code", "'Allow model code from the checkpoint' (Model panel)"),
+    (r"set POLYPRUNE_DATA to a folder with flores200/(?: and xnli/)?", "choose the data folder in the Evaluation panel"),
+]
+
+
+def window_words(text: str) -> str:
+    """A core message with its command-line options replaced by the controls of the window."""
+    for pattern, words in WINDOW_WORDS:
+        text = re.sub(rf"(?<![\w-]){pattern}(?![\w-])", words, text)
+    return text
 
 
 def help_label(text: str, parent: QWidget | None = None) -> QLabel:
@@ -75,14 +151,6 @@ def group(title: str, layout) -> QGroupBox:
     return box
 
 
-def hline() -> QFrame:
-    """A horizontal separator line."""
-    line = QFrame()
-    line.setFrameShape(QFrame.HLine)
-    line.setFrameShadow(QFrame.Sunken)
-    return line
-
-
 def fmt_count(n: int | float | None) -> str:
     """``268,098,176 (268.1 M)``."""
     if n is None:
@@ -103,7 +171,7 @@ def fmt_value(v: float | None, metric: str = "") -> str:
     """Format a metric value for a table (accuracy as a percentage)."""
     if v is None or (isinstance(v, float) and np.isnan(v)):
         return "–"
-    if metric == "acc":
+    if metric.startswith("acc") or metric == "prompt_mean":
         return f"{100 * v:.1f} %"
     return f"{v:.3f}" if abs(v) < 1000 else f"{v:,.1f}"
 
@@ -148,6 +216,7 @@ class LanguagePicker(QComboBox):
         self.setToolTip("Type part of a language name or FLORES-200 code (e.g. 'swa' or 'swh') and pick it "
                         f"from the list: {len(self._codes)} languages")
         self._code = None
+        self.invalid: str | None = None
         self.set_code(code)
 
     def _search(self, text: str) -> None:
@@ -171,14 +240,32 @@ class LanguagePicker(QComboBox):
         except PolypruneError as e:
             self.setStyleSheet("QComboBox { border: 1px solid #c62828; }")
             self.setToolTip(f"{e.problem}. {e.fix}")
+            self.invalid = text
             return
         if code not in self._codes:
             self.setStyleSheet("QComboBox { border: 1px solid #c62828; }")
             self.setToolTip(f"{display_label(code)} is not available here")
+            self.invalid = text
             return
         self._set(code)
 
+    def checked_code(self, what: str) -> str:
+        """The chosen code, after taking what is typed in the field.
+
+        Raises:
+            PolypruneError: the field holds text that is not a language offered here (``what``
+                names the control, e.g. "Source language (Demonstrations panel)").
+        """
+        text = self.currentText().strip()
+        if self._code is None or text != self._labels[self._codes.index(self._code)]:
+            self._commit(text)
+        if self.invalid is not None:
+            raise PolypruneError(f"{what}: '{self.invalid}' is not a language offered there",
+                                 f"type part of a language name or code in {what} and pick it from the list")
+        return self._code
+
     def _set(self, code: str) -> None:
+        self.invalid = None
         self.setStyleSheet("")
         i = self._codes.index(code)
         if self.currentIndex() != i:
@@ -233,8 +320,6 @@ def export_plot(item, path: str | Path) -> Path:
     own ``QSvgGenerator`` from the plot's scene: pyqtgraph's SVG exporter fails on the path data
     that recent Qt versions write (pyqtgraph issue #3485).
     """
-    import pyqtgraph.exporters as ex
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".svg":
@@ -242,7 +327,7 @@ def export_plot(item, path: str | Path) -> Path:
     else:
         if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
             path = path.with_suffix(".png")
-        exp = ex.ImageExporter(item)
+        exp = pg_exporters.ImageExporter(item)
         w = int(exp.parameters()["width"])
         if w < 1200:  # export crisper than the screen
             exp.parameters()["width"] = 1600
@@ -253,10 +338,6 @@ def export_plot(item, path: str | Path) -> Path:
 
 
 def _export_svg(item, path: Path) -> None:
-    from PySide6.QtCore import QRectF
-    from PySide6.QtGui import QPainter
-    from PySide6.QtSvg import QSvgGenerator
-
     scene = item.scene()
     source = item.sceneBoundingRect() if hasattr(item, "sceneBoundingRect") else scene.sceneRect()
     gen = QSvgGenerator()
@@ -355,8 +436,12 @@ def results_table(columns: Sequence[str], tooltip: str = "") -> QTableWidget:
     """A read-only table for results: header sized to contents, last column stretched, alternating rows."""
     t = QTableWidget(0, len(columns))
     t.setHorizontalHeaderLabels(list(columns))
-    t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
-    t.horizontalHeader().setStretchLastSection(True)
+    head = t.horizontalHeader()
+    head.setSectionResizeMode(QHeaderView.ResizeToContents)  # every header shown whole; the table scrolls
+    head.setStretchLastSection(True)
+    head.setMinimumSectionSize(40)
+    t.setHorizontalScrollMode(QAbstractItemView.ScrollPerPixel)
+    t.setWordWrap(False)
     t.verticalHeader().setVisible(False)
     t.setEditTriggers(QAbstractItemView.NoEditTriggers)
     t.setAlternatingRowColors(True)
@@ -384,12 +469,6 @@ def monospace() -> QFont:
     f = QFont("DejaVu Sans Mono")
     f.setStyleHint(QFont.Monospace)
     return f
-
-
-def expanding(w: QWidget) -> QWidget:
-    """Let ``w`` grow in both directions; returns ``w``."""
-    w.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
-    return w
 
 
 def primary(button: QPushButton) -> QPushButton:

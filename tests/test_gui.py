@@ -7,12 +7,14 @@ usable, a second job is refused while one runs, and closing during a job cancels
 """
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from dataclasses import replace
 
 pytest.importorskip("PySide6")
 pytest.importorskip("pytestqt")
@@ -21,14 +23,16 @@ pytest.importorskip("pyqtgraph")
 from PySide6.QtCore import QPointF, QSettings, Qt  # noqa: E402
 from PySide6.QtWidgets import QMessageBox  # noqa: E402
 
+import pyqtgraph as pg  # noqa: E402
+
 from conftest import save_tiny, shared_data_dir  # noqa: E402
-from polyprune import pruning as core_pruning  # noqa: E402
-from polyprune.demos import DEFAULT_TEMPLATE, build_calibration  # noqa: E402
+from polyprune.calibration import build  # noqa: E402
 from polyprune.evaluation import compare  # noqa: E402
 from polyprune.features import feature_magnitudes, overlap, token_contexts, top_k  # noqa: E402
 from polyprune.gui.main_window import MainWindow  # noqa: E402
 from polyprune.pipeline import evaluate  # noqa: E402
-from polyprune.recipe import load_recipe  # noqa: E402
+from polyprune.pruning import wanda as core_wanda  # noqa: E402
+from polyprune.recipe import DEFAULT_TEMPLATE, demos_spec, load_recipe  # noqa: E402
 
 LONG = 30000
 
@@ -36,6 +40,21 @@ LONG = 30000
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory) -> Path:
     return save_tiny(tmp_path_factory.mktemp("gui-model"), "llama")
+
+
+def save_tiny_long(tmp_path: Path) -> Path:
+    """The tiny Llama with a 4096-token context (rotary positions), so that real XNLI documents, which
+    a byte tokenizer makes a few hundred tokens long, fit as they do in real models."""
+    path = save_tiny(tmp_path, "llama")
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["max_position_embeddings"] = 4096
+    (path / "config.json").write_text(json.dumps(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_long_path(tmp_path_factory) -> Path:
+    return save_tiny_long(tmp_path_factory.mktemp("gui-model-long"))
 
 
 def _make_window(qtbot, tmp_path, name="settings.ini") -> MainWindow:
@@ -59,8 +78,9 @@ def win(qtbot, tmp_path):
 
 
 def idle(qtbot, w: MainWindow, timeout=LONG) -> None:
-    """Wait until no job thread runs (model jobs and previews)."""
+    """Wait until no job thread runs (model jobs and previews), then let deferred redraws run."""
     qtbot.waitUntil(lambda: not w.runner.active_jobs(), timeout=timeout)
+    qtbot.wait(20)
 
 
 def click(qtbot, button) -> None:
@@ -130,7 +150,7 @@ def test_workflow_plots_equal_core_numbers(qtbot, win, tiny_path, tmp_path):
     idle(qtbot, w)
     cfg, _ = w.demos_panel.config()
     model, tok = w.state.loaded.model, w.state.loaded.tokenizer
-    cal = build_calibration(cfg, tok)
+    cal = build(demos_spec(cfg), tok)
     assert torch.equal(w.state.calibration.input_ids, cal.input_ids)
 
     # features: heatmap = log10 of the core's magnitudes
@@ -150,7 +170,7 @@ def test_workflow_plots_equal_core_numbers(qtbot, win, tiny_path, tmp_path):
     vb = fp.heat_box.plot.getViewBox()
     scene_pos = vb.mapViewToScene(QPointF(5.5, 1.5))
     fp._on_hover((scene_pos,))
-    assert fp.hover.text().startswith("layer 1 · dimension 5 ·")
+    assert fp.hover.text().startswith("after block 0 · dimension 5 ·")  # row 1: the output of block 0
     assert f"{ref.magnitudes[1, 5]:.4g}" in fp.hover.text()
 
     class Click:
@@ -165,8 +185,7 @@ def test_workflow_plots_equal_core_numbers(qtbot, win, tiny_path, tmp_path):
     click(qtbot, fp.compare_btn)
     qtbot.waitUntil(lambda: w.state.comparison is not None, timeout=LONG)
     idle(qtbot, w)
-    from dataclasses import replace
-    mono = feature_magnitudes(model, build_calibration(replace(cfg, monolingual=True), tok), batch_size=8)
+    mono = feature_magnitudes(model, build(demos_spec(replace(cfg, monolingual=True)), tok), batch_size=8)
     np.testing.assert_allclose(w.state.comparison.overlap, overlap(ref.magnitudes, mono.magnitudes, ratio=0.4))
     np.testing.assert_allclose(fp.ov_bars.opts["height"], w.state.comparison.overlap)
     files = fp.save_data(tmp_path / "feat.csv")
@@ -196,20 +215,21 @@ def test_workflow_plots_equal_core_numbers(qtbot, win, tiny_path, tmp_path):
         ep.set_checked(["eng_Latn", "fra_Latn"], ["en"])
         ep.limit.setValue(3)
         click(qtbot, ep.eval_btn)
-        qtbot.waitUntil(lambda: bool(w.state.eval.pruned), timeout=LONG)
+        qtbot.waitUntil(lambda: bool(w.state.variant_results()), timeout=LONG)
         idle(qtbot, w)
-        ev = w.state.eval
-        assert len(ev.dense) == len(ev.pruned) == 3
+        dense_res, pruned_res = w.state.dense_results(), w.state.variant_results()
+        assert len(dense_res) == len(pruned_res) == 2 + 2  # perplexity in 2 languages, XNLI acc and acc_norm
         rows = ep.table_values()
-        want = compare(ev.dense, ev.pruned)
-        assert [{k: r[k] for k in ("task", "language", "metric", "dense", "pruned", "delta")} for r in rows] == want
+        keys = ("task", "language", "metric", "dense", "pruned", "delta")
+        want = [{k: r[k] for k in keys} for r in compare(dense_res, pruned_res)]
+        assert [{k: r[k] for k in keys} for r in rows] == want
         direct = evaluate(w.state.loaded, ep.config())  # on the (still pruned) model
-        assert [r.value for r in direct] == pytest.approx([r.value for r in ev.pruned])
+        assert [r.value for r in direct] == pytest.approx([r.value for r in pruned_res])
         assert_same_weights(model, pruned_weights)  # dense evaluation put the masks back
-        heights = [it.opts["height"] for it in ep.ppl_box.plot.items if hasattr(it, "opts") and "height" in it.opts]
-        np.testing.assert_allclose(heights[0], [r.value for r in ev.dense if r.metric == "perplexity"])
-        np.testing.assert_allclose(heights[1], [r.value for r in ev.pruned if r.metric == "perplexity"])
-        assert ep.save_csv(tmp_path / "eval.csv").read_text().count("\n") == 4
+        heights = [it.opts["height"] for it in ep.ppl_box.plot.items if isinstance(it, pg.BarGraphItem)]
+        np.testing.assert_allclose(heights[0], [r.value for r in dense_res if r.metric == "perplexity"])
+        np.testing.assert_allclose(heights[1], [r.value for r in pruned_res if r.metric == "perplexity"])
+        assert ep.save_csv(tmp_path / "eval.csv").read_text().count("\n") == 1 + len(rows)
     else:  # pragma: no cover - depends on the machine
         print("evaluation part skipped: no ../shared/data with flores200/ and xnli/ (set POLYPRUNE_DATA)")
 
@@ -247,7 +267,7 @@ class Gate:
     def __init__(self, monkeypatch):
         self.reached = threading.Event()
         self.release = threading.Event()
-        original = core_pruning.apply_mask
+        original = core_wanda.apply_mask
 
         def gated(module, mask):
             rec = original(module, mask)
@@ -255,7 +275,7 @@ class Gate:
             self.release.wait(20)
             return rec
 
-        monkeypatch.setattr(core_pruning, "apply_mask", gated)
+        monkeypatch.setattr(core_wanda, "apply_mask", gated)
 
 
 def test_cancel_mid_prune_restores_every_weight_and_second_job_is_refused(qtbot, win, tiny_path, monkeypatch):
@@ -380,7 +400,7 @@ def test_bad_input_opens_dialogs_and_the_window_keeps_working(qtbot, win, tiny_p
     expect_dialog(qtbot, w, "already exists")
     w.export_panel.target.setText(str(tiny_path / "inside"))
     click(qtbot, w.export_panel.export_btn)
-    expect_dialog(qtbot, w, "would overwrite the source model")
+    expect_dialog(qtbot, w, "would overwrite the source")
 
     # evaluation without a data folder
     w.evaluation_panel.data.setText(str(tmp_path / "no-data"))
@@ -463,14 +483,14 @@ def test_keyboard_shortcuts_and_tooltips(qtbot, win):
     assert win.tabs.currentWidget() is win.features_panel
 
 
-def test_screenshots_mode_writes_one_png_per_panel(qtbot, tmp_path, tiny_path):
+def test_screenshots_mode_writes_one_png_per_panel(qtbot, tmp_path, tiny_long_path):
     from polyprune.gui.app import launch
     from polyprune.gui.screenshots import MAIN_NAME, SHOT_NAMES
 
     out = tmp_path / "shots"
     threads = torch.get_num_threads()
     try:
-        assert launch(str(tiny_path), str(out)) == 0
+        assert launch(str(tiny_long_path), str(out)) == 0
     finally:
         torch.set_num_threads(threads)  # launch() leaves a core to the window; undo for other tests
     for name in [MAIN_NAME, *SHOT_NAMES]:

@@ -18,8 +18,9 @@ from conftest import save_tiny  # noqa: E402
 from test_gui import win  # noqa: E402,F401 - the window fixture
 from test_study import small_flores  # noqa: E402
 from polyprune.gui.main_window import MainWindow  # noqa: E402
-from polyprune.gui.panels.study_panel import example_study_text, heat_scores  # noqa: E402
-from polyprune.study import (heatmap_table, load_agreement, load_paired, load_rows, study_from_text,  # noqa: E402
+from polyprune.gui.panels.study_panel import example_study_text  # noqa: E402
+from polyprune.session import study_rows_so_far  # noqa: E402
+from polyprune.study import (heat_scores, heatmap_table, load_agreement, load_paired, load_rows, study_from_text,  # noqa: E402
                              study_status)
 
 LONG = 60000
@@ -59,6 +60,11 @@ def test_run_show_resume(qtbot, win, tmp_path):
     job = run_and_wait(qtbot, win)
     assert job.status == "finished", job.error
     rows = load_rows(out)
+    # what the table shows while a study runs (its cells' files) is what the finished tables hold
+    so_far = study_rows_so_far(sp.config())
+    assert [(r["cell"], r["language"], r["metric"]) for r in so_far] == \
+        [(r["cell"], r["language"], r["metric"]) for r in rows]
+    assert [r["value"] for r in so_far] == pytest.approx([r["value"] for r in rows])
     # the table shows exactly the study's rows, dense first
     shown = sp.table_values()
     assert len(shown) == len(rows) == 6  # dense + 2 cells, 2 languages each

@@ -1,1 +1,1 @@
-"""The seven panels of the main window, in workflow order."""
+"""The panels of the main window, one file each (listed in workflow order in ``main_window.PANELS``)."""

@@ -1,22 +1,26 @@
-"""Translation demonstrations panel: source, languages, shots, template and a live preview."""
+"""Calibration panel: translation demonstrations (source, languages, shots, template), raw text,
+or a mix of languages in proportions, with a live preview."""
 from __future__ import annotations
 
 import html
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
-                               QLineEdit, QPlainTextEdit, QPushButton, QSpinBox, QTextBrowser, QToolButton,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout,
+                               QHeaderView, QLabel, QLineEdit, QPlainTextEdit, QPushButton, QSpinBox, QTableWidget,
+                               QTextBrowser, QToolButton, QVBoxLayout, QWidget)
 
-from polyprune.demos import (DEFAULT_TEMPLATE, DIRECTIONS, HUB_DATASET, DemoConfig,
-                             build_calibration, build_prompts, load_pairs, read_calibration_text)
+from polyprune.calibration import spec_label
+from polyprune.datasets import HUB_DATASET, builtin_languages, builtin_pairs, default_data_dir
 from polyprune.errors import PolypruneError
 from polyprune.languages import language_name, resolve_language
-from polyprune.recipe import Recipe, default_data_dir
+from polyprune.pipeline import build_calibration
+from polyprune.recipe import DEFAULT_TEMPLATE, DIRECTIONS, DemoConfig, Recipe, demos_spec
+from polyprune.session import preview_calibration
 
-from ..widgets import GLOSSARY, LanguagePicker, debounce, group, heading, help_label, monospace, primary
+from ..widgets import (GLOSSARY, LanguagePicker, debounce, group, heading, help_label, monospace, primary,
+                       window_words)
 
 SOURCES = [
     ("builtin", "Built-in pairs (36 sentences, 11 languages)"),
@@ -24,8 +28,17 @@ SOURCES = [
     ("file", "File of pairs (TSV, CSV or JSON Lines)"),
     ("hub", "Hugging Face hub (FLORES+, needs network)"),
     ("text", "Raw text lines (no translation pairs)"),
+    ("mix", "Mix of languages in proportions (FLORES-200 text)"),
 ]
+LOCATION_LABELS = {"builtin": "", "flores": "Folder", "file": "File", "hub": "Dataset", "text": "Text file",
+                   "mix": "FLORES folder"}
+PLACEHOLDERS = {"flores": "folder with dev/ and devtest/, e.g. ../shared/data/flores200",
+                "file": "a .tsv, .csv or .jsonl file with source and target columns",
+                "hub": HUB_DATASET, "text": "a text file: one calibration sample per line",
+                "mix": "FLORES-200 folder (empty: the built-in sentences)"}
 PREVIEW_SAMPLES = 3
+MIX_STYLES = [("text", "plain sentences"), ("demo", "demonstration lines (\"English: …\")")]
+DEFAULT_MIX = {"eng_Latn": 0.5, "fra_Latn": 0.25, "swh_Latn": 0.25}
 
 
 def default_flores_dir() -> str:
@@ -36,27 +49,131 @@ def default_flores_dir() -> str:
     return ""
 
 
-def calibration_key(cfg: DemoConfig, text: str | None) -> str:
-    """Identifies a calibration set by every setting that shapes it."""
-    return repr((sorted(asdict(cfg).items()), text))
+def default_location(kind: str) -> str:
+    """What the location field holds when a source is chosen for the first time."""
+    return {"flores": default_flores_dir(), "hub": HUB_DATASET, "mix": default_flores_dir()}.get(kind, "")
+
+
+class MixEditor(QWidget):
+    """Languages and their shares of a calibration mix (shares must add up to 1)."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.table = QTableWidget(0, 2)
+        self.table.setHorizontalHeaderLabels(["Language", "Share"])
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
+        self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeToContents)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setMinimumHeight(110)
+        self.table.setToolTip(GLOSSARY["mix"])
+        self.add_btn = QToolButton()
+        self.add_btn.setText("Add language")
+        self.add_btn.clicked.connect(lambda: self.add("deu_Latn", 0.0))
+        self.del_btn = QToolButton()
+        self.del_btn.setText("Remove")
+        self.del_btn.clicked.connect(self.remove_current)
+        self.even_btn = QToolButton()
+        self.even_btn.setText("Equal shares")
+        self.even_btn.clicked.connect(self.equal_shares)
+        self.style = QComboBox()
+        for key, label in MIX_STYLES:
+            self.style.addItem(label, key)
+        self.style.setToolTip("How each sample is written: sentences joined by spaces, or one "
+                              "\"Language: sentence\" line per sentence (Kim et al.'s monolingual prompts)")
+        self.sum_label = QLabel("")
+        row = QHBoxLayout()
+        for w in (self.add_btn, self.del_btn, self.even_btn):
+            row.addWidget(w)
+        row.addStretch(1)
+        row.addWidget(self.sum_label)
+        style_row = QHBoxLayout()
+        style_row.addWidget(QLabel("Samples written as"))
+        style_row.addWidget(self.style, 1)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.table)
+        lay.addLayout(row)
+        lay.addLayout(style_row)
+        self.changed = None  # a callable, set by the panel
+        self.set_proportions(DEFAULT_MIX)
+
+    def add(self, code: str, share: float) -> None:
+        """Add a language row."""
+        r = self.table.rowCount()
+        self.table.insertRow(r)
+        picker = LanguagePicker(code)
+        picker.language_changed.connect(lambda _: self._changed())
+        spin = QDoubleSpinBox()
+        spin.setRange(0.0, 1.0)
+        spin.setDecimals(3)
+        spin.setSingleStep(0.05)
+        spin.setValue(share)
+        spin.valueChanged.connect(lambda _: self._changed())
+        self.table.setCellWidget(r, 0, picker)
+        self.table.setCellWidget(r, 1, spin)
+        self._changed()
+
+    def remove_current(self) -> None:
+        r = self.table.currentRow()
+        if r < 0:
+            r = self.table.rowCount() - 1
+        if r >= 0:
+            self.table.removeRow(r)
+            self._changed()
+
+    def equal_shares(self) -> None:
+        n = self.table.rowCount()
+        for r in range(n):
+            spin = self.table.cellWidget(r, 1)
+            spin.blockSignals(True)
+            spin.setValue(round(1.0 / n, 3) if r < n - 1 else round(1.0 - (n - 1) * round(1.0 / n, 3), 3))
+            spin.blockSignals(False)
+        self._changed()
+
+    def set_proportions(self, props: dict) -> None:
+        self.table.setRowCount(0)
+        for code, share in props.items():
+            self.add(code, float(share))
+
+    def proportions(self) -> dict[str, float]:
+        """``{FLORES code: share}``.
+
+        Raises:
+            PolypruneError: a row whose language is not valid (named by its row).
+        """
+        out: dict[str, float] = {}
+        for r in range(self.table.rowCount()):
+            code = self.table.cellWidget(r, 0).checked_code(f"Language {r + 1} of the mix (Demonstrations panel)")
+            out[code] = out.get(code, 0.0) + float(self.table.cellWidget(r, 1).value())
+        return out
+
+    def _changed(self) -> None:
+        total = sum(float(self.table.cellWidget(r, 1).value()) for r in range(self.table.rowCount()))
+        ok = abs(total - 1.0) < 1e-6
+        self.sum_label.setText(f"sum {total:.3g}" + ("" if ok else " — must be 1"))
+        self.sum_label.setStyleSheet("" if ok else "color: #b71c1c")
+        if self.changed is not None:
+            self.changed()
 
 
 class DemosPanel(QWidget):
-    """Settings of the calibration demonstrations, with a live preview of the first prompts."""
+    """Settings of the calibration data, with a live preview of the first samples."""
 
     title = "Demonstrations"
 
     def __init__(self, ctx):
         super().__init__()
         self.ctx = ctx
-        self._pairs_cache: dict = {}
         self._preview_gen = 0
         self._updating = False
+        self._locations: dict[str, str] = {}
+        self._kind = "builtin"
+        self._columns = (None, None)
 
         self.source = QComboBox()
         for key, label in SOURCES:
             self.source.addItem(label, key)
-        self.source.setToolTip("Where the sentence pairs come from. FLORES-200 has the same 997 sentences "
+        self.source.setToolTip("Where the calibration sentences come from. FLORES-200 has the same 997 sentences "
                                "translated into 204 languages")
         self.location = QLineEdit()
         self.location.setToolTip("The FLORES-200 folder (with dev/ and devtest/), the pairs file, the hub dataset, "
@@ -96,8 +213,8 @@ class DemosPanel(QWidget):
         self.split.setToolTip("FLORES split to draw sentences from (Kim et al. use dev; devtest is kept for evaluation)")
         self.monolingual = QCheckBox("Monolingual (source sentences only)")
         self.monolingual.setToolTip("Drop the translations: useful to compare which features translation lights up")
-        self.shuffle = QCheckBox("Shuffle pairs, seed")
-        self.shuffle.setToolTip("Draw sentence pairs in a random but repeatable order instead of file order")
+        self.shuffle = QCheckBox("Shuffle, seed")
+        self.shuffle.setToolTip("Draw sentences in a random but repeatable order instead of file order")
         self.seed = QSpinBox()
         self.seed.setRange(0, 2 ** 31 - 1)
         self.seed.setToolTip("The same seed always draws the same sentences")
@@ -117,6 +234,7 @@ class DemosPanel(QWidget):
         tpl = QHBoxLayout()
         tpl.addWidget(self.template, 1)
         tpl.addWidget(self.reset_template, 0, Qt.AlignTop)
+        self.mix = MixEditor()
 
         form = QFormLayout()
         form.setLabelAlignment(Qt.AlignRight)
@@ -129,6 +247,8 @@ class DemosPanel(QWidget):
         tgt_row.addWidget(self.swap)
         form.addRow("Target language", tgt_row)
         form.addRow("Direction", self.direction)
+        self.mix_label = QLabel("Languages")
+        form.addRow(self.mix_label, self.mix)
         nums = QHBoxLayout()
         for lab, w in (("Shots", self.shots), ("Samples", self.samples)):
             nums.addWidget(QLabel(lab))
@@ -140,8 +260,9 @@ class DemosPanel(QWidget):
         form.addRow("", self.monolingual)
         form.addRow("", shuf)
         form.addRow("Template", tpl)
-        form.addRow("", help_label("Fields: {src_name} {src} {tgt_name} {tgt} {eos}. "
-                                   "One demonstration repeats the template once per shot."))
+        self.template_help = help_label("Fields: {src_name} {src} {tgt_name} {tgt} {eos}. "
+                                        "One demonstration repeats the template once per shot.")
+        form.addRow("", self.template_help)
 
         self.build_btn = primary(QPushButton("Build demonstrations"))
         self.build_btn.setToolTip("Tokenize all samples now (Ctrl+B). Measuring features and pruning build them "
@@ -160,7 +281,7 @@ class DemosPanel(QWidget):
 
         self.preview = QTextBrowser()
         self.preview.setOpenLinks(False)
-        self.preview.setToolTip("The first demonstrations as the model will read them, with their length in tokens")
+        self.preview.setToolTip("The first samples as the model will read them, with their length in tokens")
         self.warning = QLabel("")
         self.warning.setWordWrap(True)
         self.warning.setObjectName("warning")
@@ -170,59 +291,94 @@ class DemosPanel(QWidget):
         right.addWidget(self.preview, 1)
 
         body = QHBoxLayout()
-        body.addWidget(group("Settings", left), 5)
-        body.addWidget(group("Preview of the first demonstrations", right), 6)
+        body.addWidget(group("Calibration data", left), 5)
+        body.addWidget(group("Preview", right), 6)
         lay = QVBoxLayout(self)
         lay.addWidget(heading("2 · Translation demonstrations"))
         lay.addWidget(help_label(
             "Demonstrations are short translation examples (\"English: … French: …\") that the model reads while "
-            "features are measured and weights are scored. Pick the languages; the preview updates as you type."))
+            "features are measured and weights are scored. Pick the languages; the preview updates as you type. "
+            "The defaults work on every source."))
         lay.addLayout(body, 1)
 
         self._timer = debounce(self, 250, self.refresh_preview)
-        self.apply_config(ctx.state.demo_config, None)
-        for sig in (self.source.currentIndexChanged, self.direction.currentIndexChanged,
-                    self.split.currentIndexChanged, self.shots.valueChanged, self.samples.valueChanged,
-                    self.seq_len.valueChanged, self.seed.valueChanged, self.monolingual.toggled,
-                    self.shuffle.toggled, self.src.language_changed, self.tgt.language_changed,
-                    self.location.textChanged, self.template.textChanged):
+        self.apply_config(DemoConfig(), None)
+        for sig in (self.direction.currentIndexChanged, self.split.currentIndexChanged, self.shots.valueChanged,
+                    self.samples.valueChanged, self.seq_len.valueChanged, self.seed.valueChanged,
+                    self.monolingual.toggled, self.shuffle.toggled, self.src.language_changed,
+                    self.tgt.language_changed, self.location.textChanged, self.template.textChanged,
+                    self.mix.style.currentIndexChanged):
             sig.connect(self._changed)
+        self.mix.changed = self._changed
         self.source.currentIndexChanged.connect(self._source_changed)
         ctx.state.model_loaded.connect(lambda _: self._changed())
         ctx.state.calibration_changed.connect(self._show_calibration)
         ctx.state.busy_changed.connect(self.set_busy)
-        self._source_changed()
 
     # --- settings <-> config -------------------------------------------------------------
     def source_kind(self) -> str:
-        """``builtin``, ``flores``, ``file``, ``hub`` or ``text``."""
+        """``builtin``, ``flores``, ``file``, ``hub``, ``text`` or ``mix``."""
         return self.source.currentData()
 
     def config(self) -> tuple[DemoConfig, str | None]:
-        """The current settings as ``(DemoConfig, calibration_text_path or None)``."""
+        """The demonstration settings as ``(DemoConfig, raw text file or None)`` (not validated;
+        a mix keeps its languages in :meth:`spec`)."""
         kind = self.source_kind()
         loc = self.location.text().strip()
         text = None
-        if kind == "builtin":
-            source = "builtin"
-        elif kind == "flores":
+        if kind == "flores":
             source = f"flores:{loc}"
         elif kind == "file":
             source = f"file:{loc}"
         elif kind == "hub":
             source = f"hub:{loc}" if loc and loc != HUB_DATASET else "hub"
+        elif kind == "mix":
+            source = f"flores:{loc}" if loc else "builtin"
         else:
             source = "builtin"
-            text = loc
+            if kind == "text":
+                text = loc
         cfg = DemoConfig(source=source, src=self.src.code(), tgt=self.tgt.code(),
                          direction=self.direction.currentData(), shots=self.shots.value(),
                          samples=self.samples.value(), seq_len=self.seq_len.value(),
                          template=self.template.toPlainText() or DEFAULT_TEMPLATE,
                          monolingual=self.monolingual.isChecked(), split=self.split.currentText(),
                          shuffle=self.shuffle.isChecked(), seed=self.seed.value(),
-                         src_column=self.ctx.state.demo_config.src_column,
-                         tgt_column=self.ctx.state.demo_config.tgt_column)
+                         src_column=self._columns[0], tgt_column=self._columns[1])
         return cfg, text
+
+    def spec(self) -> dict:
+        """The settings as one :func:`polyprune.calibration.build` spec.
+
+        Raises:
+            PolypruneError: a setting that cannot be used, naming its control.
+        """
+        kind = self.source_kind()
+        cfg, text = self.config()
+        if kind == "text":
+            if not (text or "").strip():
+                raise PolypruneError("No text file is chosen for the source 'Raw text lines'",
+                                     "choose a text file (Text file, Demonstrations panel), or another Source of pairs")
+            return {"kind": "text", "file": text, "samples": cfg.samples, "seq_len": cfg.seq_len}
+        if kind == "mix":
+            props = self.mix.proportions()
+            return {"kind": "mix", "proportions": props, "style": self.mix.style.currentData(),
+                    "source": cfg.source, "split": cfg.split, "shuffle": cfg.shuffle, "seed": cfg.seed,
+                    "samples": cfg.samples, "seq_len": cfg.seq_len, "shots": cfg.shots}
+        if kind in ("flores", "file") and not self.location.text().strip():
+            what = "FLORES-200 folder" if kind == "flores" else "file of pairs"
+            raise PolypruneError(f"No {what} is chosen", f"choose the {what} ({self.location_label.text()}, "
+                                                          "Demonstrations panel), or another Source of pairs")
+        src = self.src.checked_code("Source language (Demonstrations panel)")
+        tgt = self.tgt.checked_code("Target language (Demonstrations panel)")
+        return demos_spec(replace(cfg, src=src, tgt=tgt))
+
+    def describe(self) -> str:
+        """A plain name of the current setting (for other panels)."""
+        try:
+            return describe_spec(self.spec())
+        except PolypruneError as e:
+            return f"not usable: {e.problem}"
 
     def apply_config(self, cfg: DemoConfig, text: str | None) -> None:
         """Show ``cfg`` (and a raw-text file) in the widgets."""
@@ -234,11 +390,11 @@ class DemosPanel(QWidget):
             elif kind not in ("builtin", "flores", "file", "hub"):
                 kind, arg = ("flores", cfg.source) if Path(cfg.source).is_dir() else ("file", cfg.source)
             self.source.setCurrentIndex(max(0, self.source.findData(kind)))
-            if kind == "flores" and not arg:
-                arg = default_flores_dir()
-            if kind == "hub" and not arg:
-                arg = HUB_DATASET
+            if kind in ("flores", "hub") and not arg:
+                arg = default_location(kind)
+            self._kind = kind
             self.location.setText(arg)
+            self._locations[kind] = arg
             for picker, code in ((self.src, cfg.src), (self.tgt, cfg.tgt)):
                 try:
                     picker.set_code(resolve_language(code))
@@ -253,9 +409,10 @@ class DemosPanel(QWidget):
             self.shuffle.setChecked(cfg.shuffle)
             self.seed.setValue(cfg.seed)
             self.template.setPlainText(cfg.template)
+            self._columns = (cfg.src_column, cfg.tgt_column)
         finally:
             self._updating = False
-        self._source_changed()
+        self._show_source()
         self._changed()
 
     def set_values(self, **kw) -> None:
@@ -266,33 +423,62 @@ class DemosPanel(QWidget):
 
     # --- reactions ----------------------------------------------------------------------
     def _source_changed(self) -> None:
+        """A new source: its own location (or its default), and settings that no longer fit reset."""
         kind = self.source_kind()
-        labels = {"builtin": "", "flores": "Folder", "file": "File", "hub": "Dataset", "text": "Text file"}
-        placeholders = {"flores": "folder with dev/ and devtest/, e.g. ../shared/data/flores200",
-                        "file": "a .tsv, .csv or .jsonl file with source and target columns",
-                        "hub": HUB_DATASET, "text": "a text file: one calibration sample per line"}
-        self.location_label.setText(labels[kind])
-        self.location.setPlaceholderText(placeholders.get(kind, ""))
-        self.location.setEnabled(kind != "builtin")
-        self.browse.setEnabled(kind in ("flores", "file", "text"))
-        if not self._updating:
-            self._updating = True
-            if kind == "flores" and not self.location.text().strip():
-                self.location.setText(default_flores_dir())
-            elif kind == "hub" and not self.location.text().strip():
-                self.location.setText(HUB_DATASET)
-            elif kind == "builtin":
-                self.location.setText("")
+        if self._updating:
+            return
+        self._locations[self._kind] = self.location.text().strip()
+        self._kind = kind
+        notes = []
+        self._updating = True
+        try:
+            self.location.setText(self._locations.get(kind) or default_location(kind))
+            self._columns = (None, None) if kind != "file" else self._columns
+            if kind == "builtin":
+                have = builtin_languages()
+                for picker, default, what in ((self.src, "eng_Latn", "source"), (self.tgt, "fra_Latn", "target")):
+                    if picker.code() not in have:
+                        notes.append(f"the {what} language {language_name(picker.code())} is not in the built-in "
+                                     f"pairs, so it is back to {language_name(default)}")
+                        picker.set_code(default)
+                n_pairs = len(builtin_pairs("eng_Latn", "fra_Latn"))
+                if self.samples.value() * self.shots.value() > n_pairs:
+                    fit = max(1, n_pairs // self.shots.value())
+                    notes.append(f"{self.samples.value()} samples × {self.shots.value()} shots need more than the "
+                                 f"{n_pairs} built-in pairs, so Samples is {fit} now")
+                    self.samples.setValue(fit)
+        finally:
             self._updating = False
-        pairs = kind != "text"
-        for w in (self.src, self.tgt, self.swap, self.direction, self.shots, self.monolingual, self.template,
-                  self.reset_template):
-            w.setEnabled(pairs)
-        self.split.setEnabled(kind in ("flores", "hub"))
+        self._show_source()
+        if notes:
+            text = "Source changed: " + "; ".join(notes) + "."
+            self.summary.setText(text)
+            self.ctx.log(text, "warn")
+        self._changed()
+
+    def _show_source(self) -> None:
+        kind = self.source_kind()
+        self.location_label.setText(LOCATION_LABELS[kind])
+        self.location.setPlaceholderText(PLACEHOLDERS.get(kind, ""))
+        self.location.setEnabled(kind != "builtin")
+        self.browse.setEnabled(kind in ("flores", "file", "text", "mix"))
+        pairs = kind not in ("text", "mix")
+        for w in (self.src, self.tgt, self.swap, self.direction, self.monolingual, self.template,
+                  self.reset_template, self.template_help):
+            w.setVisible(pairs)
+        for w in (self.mix, self.mix_label):
+            w.setVisible(kind == "mix")
+        self.shots.setEnabled(kind != "text")
+        self.split.setEnabled(kind in ("flores", "hub", "mix"))
+        self.shuffle.setEnabled(kind != "text")
+        self.seed.setEnabled(kind != "text")
+        form = self.src.parentWidget()
+        if form is not None:
+            form.updateGeometry()
 
     def _browse(self) -> None:
         kind = self.source_kind()
-        if kind == "flores":
+        if kind in ("flores", "mix"):
             path = QFileDialog.getExistingDirectory(self, "FLORES-200 folder (with dev/ and devtest/)",
                                                     self.location.text())
         else:
@@ -312,11 +498,12 @@ class DemosPanel(QWidget):
     def _changed(self, *args) -> None:
         if self._updating:
             return
-        cfg, text = self.config()
-        self.ctx.state.demo_config = cfg
-        self.ctx.state.calibration_text = text
         st = self.ctx.state
-        if st.calibration is not None and st.calibration_key != calibration_key(cfg, text):
+        try:
+            spec = self.spec()
+        except PolypruneError:
+            spec = None
+        if st.calibration is not None and (spec is None or st.cached_calibration(spec) is None):
             self.summary.setText("Settings changed: the demonstrations are rebuilt at the next step.")
         self._timer.start()
 
@@ -325,8 +512,9 @@ class DemosPanel(QWidget):
             return
         lengths = cal.attention_mask.sum(1)
         self.summary.setText(
-            f"Built {len(cal)} demonstrations: {cal.n_tokens:,} tokens in all, {int(lengths.min())}–{int(lengths.max())} "
-            f"tokens each; {cal.truncated} cut at {cal.meta.get('seq_len')} tokens.")
+            f"Built {len(cal)} samples ({cal.meta.get('label', '')}): {cal.n_tokens:,} tokens in all, "
+            f"{int(lengths.min())}–{int(lengths.max())} tokens each; {cal.truncated} cut at "
+            f"{cal.meta.get('seq_len')} tokens.")
 
     def set_busy(self, busy: bool, name: str = "") -> None:
         """Show whether a model job runs (buttons that would start one are disabled)."""
@@ -335,103 +523,88 @@ class DemosPanel(QWidget):
     # --- preview ------------------------------------------------------------------------
     def refresh_preview(self) -> None:
         """Rebuild the preview in a light background job (it never touches the model)."""
-        cfg, text = self.config()
         loaded = self.ctx.state.loaded
         tok = loaded.tokenizer if loaded is not None else None
-        eos = (tok.eos_token or "") if tok is not None else "<eos>"
-        key = (cfg.source, cfg.src, cfg.tgt, cfg.split, cfg.src_column, cfg.tgt_column)
-        cached = self._pairs_cache.get(key)
         self._preview_gen += 1
         gen = self._preview_gen
+        try:
+            spec = self.spec()
+        except PolypruneError as e:
+            self._show_problem(e.problem, e.fix or "")
+            return
 
         def job(progress):
-            pairs = None
-            if text is not None:
-                if not text.strip():
-                    raise PolypruneError("No text file is chosen", "choose a text file with one sample per line")
-                prompts = read_calibration_text(text, cfg.samples)
-            else:
-                pairs = cached if cached is not None else load_pairs(cfg.source, resolve_language(cfg.src),
-                                                                     resolve_language(cfg.tgt), cfg.split,
-                                                                     cfg.src_column, cfg.tgt_column)
-                prompts, _ = build_prompts(cfg, eos=eos, pairs=pairs)
-            counts, cuts = None, []
-            if tok is not None:
-                counts = [len(x) for x in tok(prompts)["input_ids"]]
-                for p in prompts[:PREVIEW_SAMPLES]:
-                    cuts.append(_cut_offset(tok, p, cfg.seq_len))
-            return {"prompts": prompts, "counts": counts, "cuts": cuts, "pairs": pairs, "key": key,
-                    "eos": eos, "n_pairs": len(pairs) if pairs is not None else None}
+            return preview_calibration(spec, tok, PREVIEW_SAMPLES)
 
         def done(res):
-            if gen != self._preview_gen:
-                return
-            if res["pairs"] is not None:
-                self._pairs_cache = {res["key"]: res["pairs"]}
-            self._show_preview(res, cfg)
+            if gen == self._preview_gen:
+                self._show_preview(res, spec, tok.eos_token if tok is not None else "<eos>")
 
         def failed(problem, fix, tb):
-            if gen != self._preview_gen:
-                return
-            self.preview.setHtml(f"<p style='color:#b71c1c'><b>{html.escape(problem)}</b></p>"
-                                 f"<p>Fix: {html.escape(fix)}</p>")
-            self.warning.hide()
+            if gen == self._preview_gen:
+                self._show_problem(problem, fix)
 
         self.ctx.run_job("Preview", job, on_finished=done, on_failed=failed, model_changing=False, quiet=True)
 
-    def _show_preview(self, res: dict, cfg: DemoConfig) -> None:
-        prompts, counts, cuts, eos = res["prompts"], res["counts"], res["cuts"], res["eos"]
+    def _show_problem(self, problem: str, fix: str) -> None:
+        self.preview.setHtml(f"<p style='color:#b71c1c'><b>{html.escape(window_words(problem))}</b></p>"
+                             f"<p>Fix: {html.escape(window_words(fix))}</p>")
+        self.warning.hide()
+
+    def _show_preview(self, res, spec: dict, eos: str | None) -> None:
+        counts, cuts, seq_len = res.counts, res.cuts, res.seq_len
         parts = []
-        if res["n_pairs"] is not None:
-            parts.append(f"<p style='color:#555'>{res['n_pairs']} sentence pairs available · "
-                         f"{len(prompts)} demonstrations of {cfg.shots} pairs</p>")
-        for i, p in enumerate(prompts[:PREVIEW_SAMPLES]):
+        shots = spec.get("shots", 1)
+        if res.available is not None:
+            parts.append(f"<p style='color:#555'>{res.available} sentence pairs available · "
+                         f"{res.samples} samples of {shots} pairs use {res.samples * shots}</p>")
+        else:
+            parts.append(f"<p style='color:#555'>{res.samples} samples · {describe_spec(spec)}</p>")
+        for i, p in enumerate(res.texts):
             cut = cuts[i] if i < len(cuts) else None
-            head = f"Demonstration {i + 1}"
+            head = f"Sample {i + 1}"
             if counts is not None:
                 n = counts[i]
-                head += f" · {n} tokens" + (f" (cut to {cfg.seq_len})" if n > cfg.seq_len else "")
+                head += f" · {n} tokens" + (f" (cut to {seq_len})" if n > seq_len else "")
             kept, lost = (p, "") if cut is None else (p[:cut], p[cut:])
-            body = _mark_eos(html.escape(kept), eos)
+            body = _mark_eos(html.escape(kept), eos or "")
             if lost:
-                body += f"<span style='color:#9e9e9e; text-decoration: line-through'>{_mark_eos(html.escape(lost), eos)}</span>"
+                body += (f"<span style='color:#9e9e9e; text-decoration: line-through'>"
+                         f"{_mark_eos(html.escape(lost), eos or '')}</span>")
             parts.append(f"<p style='margin-top:10px'><b>{head}</b></p>"
                          f"<p style='font-family:\"DejaVu Sans Mono\"; white-space:pre-wrap; background:#f6f8fa; "
                          f"padding:6px'>{body}</p>")
         if counts is None:
             parts.append("<p style='color:#555'><i>Load a model to see token counts.</i></p>")
         self.preview.setHtml("".join(parts))
-        if counts is not None:
-            over = sum(c > cfg.seq_len for c in counts)
-            if over:
-                self.warning.setText(f"⚠ {over} of {len(counts)} demonstrations are longer than {cfg.seq_len} tokens "
-                                     f"and will be cut (the longest has {max(counts)}). Raise the sequence length "
-                                     f"or use fewer shots to keep whole sentences.")
-                self.warning.show()
-            else:
-                self.warning.hide()
+        over = sum(c > seq_len for c in counts) if counts is not None else 0
+        if over:
+            self.warning.setText(f"⚠ {over} of {len(counts)} samples are longer than {seq_len} tokens "
+                                 f"and will be cut (the longest has {max(counts)}). Raise the sequence length "
+                                 f"or use fewer shots to keep whole sentences.")
+            self.warning.show()
         else:
             self.warning.hide()
 
     # --- build --------------------------------------------------------------------------
     def build(self):
-        """Tokenize all demonstrations now in a background job."""
+        """Tokenize all samples now in a background job."""
         if not self.ctx.require_model():
             return None
-        cfg, text = self.config()
-        key = calibration_key(cfg, text)
-        tok = self.ctx.state.loaded.tokenizer
+        try:
+            spec = self.spec()
+        except PolypruneError as e:
+            self.ctx.error(e.problem, e.fix or "")
+            return None
+        loaded = self.ctx.state.loaded
 
         def job(progress):
-            progress.update(0, 1, "Building demonstrations")
-            cal = build_calibration(cfg, tok, text)
-            progress.update(1, 1, "Demonstrations built")
-            return cal
+            return build_calibration(loaded, spec, progress)
 
         def done(cal):
-            self.ctx.state.set_calibration(cal, key)
-            self.ctx.log(f"Demonstrations: {len(cal)} samples, {cal.n_tokens} tokens, {cal.truncated} truncated "
-                         f"({describe(cfg, text)})")
+            self.ctx.state.store_calibration(spec, cal)
+            self.ctx.log(f"Calibration set: {len(cal)} samples, {cal.n_tokens} tokens, {cal.truncated} truncated "
+                         f"({describe_spec(spec)})")
 
         return self.ctx.run_job("Building demonstrations", job, on_finished=done)
 
@@ -441,21 +614,52 @@ class DemosPanel(QWidget):
         cfg, text = self.config()
         recipe.demos = cfg
         recipe.calibration_text = text or None
+        recipe.calibration = None
+        if self.source_kind() == "mix":
+            try:
+                props = self.mix.proportions()
+            except PolypruneError:
+                props = dict(DEFAULT_MIX)
+            recipe.calibration = {"kind": "mix", "proportions": props, "style": self.mix.style.currentData(),
+                                  "source": cfg.source, "split": cfg.split, "shots": cfg.shots,
+                                  "shuffle": cfg.shuffle, "seed": cfg.seed}
 
     def apply_recipe(self, recipe: Recipe) -> None:
         """Show ``recipe``'s settings in this panel."""
         self.apply_config(recipe.demos, recipe.calibration_text)
+        cal = recipe.calibration
+        if cal and cal.get("kind") == "mix":
+            self._updating = True
+            self.source.setCurrentIndex(self.source.findData("mix"))
+            self._kind = "mix"
+            src = str(cal.get("source", ""))
+            self.location.setText(src.partition(":")[2] if src.startswith("flores:") else "")
+            self.mix.set_proportions(cal.get("proportions") or DEFAULT_MIX)
+            self.mix.style.setCurrentIndex(max(0, self.mix.style.findData(cal.get("style", "text"))))
+            self._updating = False
+            self._show_source()
+            self._changed()
+        elif cal:
+            self.ctx.log(f"The recipe calibrates on a {cal.get('kind')} set, which the Demonstrations panel cannot "
+                         "show; run the recipe with 'polyprune run' for it", "warn")
 
 
-def describe(cfg: DemoConfig, text: str | None = None) -> str:
-    """Plain description of a calibration setting: "English→French translation, 4 shots"."""
-    if text:
-        return f"text lines from {Path(text).name}"
-    src, tgt = language_name(cfg.src), language_name(cfg.tgt)
-    if cfg.monolingual:
-        return f"{src} monolingual, {cfg.shots} sentences"
-    arrow = {"forward": f"{src}→{tgt}", "reverse": f"{tgt}→{src}", "both": f"{src}↔{tgt}"}[cfg.direction]
-    return f"{arrow} translation, {cfg.shots} shots"
+def describe_spec(spec: dict) -> str:
+    """Plain description of a calibration spec: "English→French translation, 4 shots"."""
+    kind = spec.get("kind")
+    if kind == "text":
+        return f"text lines from {Path(str(spec.get('file'))).name}"
+    if kind == "demos":
+        src, tgt = language_name(resolve_language(spec["src"])), language_name(resolve_language(spec["tgt"]))
+        if spec.get("monolingual"):
+            return f"{src} monolingual, {spec.get('shots')} sentences"
+        d = spec.get("direction", "forward")
+        arrow = {"forward": f"{src}→{tgt}", "reverse": f"{tgt}→{src}", "both": f"{src}↔{tgt}"}[d]
+        return f"{arrow} translation, {spec.get('shots')} shots"
+    if kind == "mix":
+        return "mix " + ", ".join(f"{language_name(resolve_language(k))} {100 * float(v):.3g} %"
+                                  for k, v in spec["proportions"].items())
+    return spec_label(spec) if kind else "?"
 
 
 def _mark_eos(escaped: str, eos: str) -> str:
@@ -463,16 +667,3 @@ def _mark_eos(escaped: str, eos: str) -> str:
         return escaped
     marker = "<span style='color:#1565c0; font-size:small'>⟨eos⟩</span><br>"
     return escaped.replace(html.escape(eos), marker)
-
-
-def _cut_offset(tok, text: str, seq_len: int) -> int | None:
-    """Character offset where ``text`` is cut at ``seq_len`` tokens (``None`` if it fits)."""
-    try:
-        enc = tok(text, return_offsets_mapping=True)
-    except (NotImplementedError, TypeError, ValueError):
-        return None
-    ids = enc["input_ids"]
-    if len(ids) <= seq_len:
-        return None
-    ends = [e for s, e in enc["offset_mapping"][:seq_len] if e > 0]
-    return max(ends) if ends else 0

@@ -1,6 +1,7 @@
 """Model panel: open a folder, a .gguf file, a hub id or the demo model; show what was loaded."""
 from __future__ import annotations
 
+import torch
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGridLayout, QHBoxLayout, QLabel,
                                QLineEdit, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget)
@@ -15,8 +16,6 @@ MAX_RECENT = 8
 
 def available_devices() -> list[str]:
     """``cpu`` plus ``cuda`` / ``mps`` when present."""
-    import torch
-
     devs = ["cpu"]
     if torch.cuda.is_available():
         devs.insert(0, "cuda")
@@ -110,9 +109,11 @@ class ModelPanel(QWidget):
             "<li><b>Model</b> — load the demo model (Ctrl+D) or your own (Ctrl+O).</li>"
             "<li><b>Demonstrations</b> — pick the languages of the translation examples (Ctrl+B builds them).</li>"
             "<li><b>Features</b> — see which hidden dimensions light up (Ctrl+M).</li>"
-            "<li><b>Pruning</b> — choose a sparsity and prune (Ctrl+R); Esc cancels, Ctrl+Shift+R reverts.</li>"
-            "<li><b>Evaluation</b> — compare dense and pruned per language (Ctrl+E).</li>"
-            "<li><b>Export</b> — save the pruned model with its model card (Ctrl+Shift+E).</li></ol>"
+            "<li><b>Pruning</b> — choose a sparsity and prune (Ctrl+R); every pruning is kept as a variant you "
+            "can name, compare, export or delete; Esc cancels and changes nothing.</li>"
+            "<li><b>Evaluation</b> — compare dense and pruned variants per language, with 95 % intervals and a "
+            "verdict per result (Ctrl+E); try them side by side on a prompt.</li>"
+            "<li><b>Export</b> — save a variant with its model card (Ctrl+Shift+E).</li></ol>"
             "File → Save recipe (Ctrl+S) stores every setting; <code>polyprune run recipe.yaml</code> replays "
             "the session without the window. Hover over any control for an explanation; F1 opens the glossary.")
         steps_lay = QVBoxLayout()
@@ -137,8 +138,7 @@ class ModelPanel(QWidget):
 
         self._load_recent()
         state.model_loaded.connect(self.show_model)
-        state.pruned.connect(lambda r: self._show_state())
-        state.reverted.connect(self._show_state)
+        state.active_changed.connect(lambda _: self._show_state())
         state.busy_changed.connect(self.set_busy)
 
     # --- actions ------------------------------------------------------------------------
@@ -240,11 +240,12 @@ class ModelPanel(QWidget):
         if st.loaded is None:
             self.info_labels["state"].setText("–")
         elif st.prune_result is not None:
-            cfg = st.prune_result.config
-            self.info_labels["state"].setText(
-                f"pruned: {cfg['method']}, {cfg['pattern']}, {100 * st.prune_result.overall:.1f} % of prunable weights removed")
+            self.info_labels["state"].setText(f"pruned: holds the variant “{st.active.name}” "
+                                              f"({st.active.describe()})")
         else:
-            self.info_labels["state"].setText("dense (not pruned)")
+            n = len(st.variants) - 1
+            self.info_labels["state"].setText("dense (not pruned)" + (f"; {n} pruned variant{'s' if n != 1 else ''} "
+                                                                      "kept in the Pruning panel" if n else ""))
 
     def set_busy(self, busy: bool, name: str = "") -> None:
         """Show whether a model job runs (buttons that would start one are disabled)."""

@@ -8,12 +8,15 @@ the files the study writes, so a study started from the command line can be open
 """
 from __future__ import annotations
 
+import html
+import json
 import math
 from importlib import resources as importlib_resources
 from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
+import yaml
 from PySide6.QtCore import QObject, Qt, Signal, Slot
 from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
@@ -21,8 +24,10 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, Q
                                QVBoxLayout, QWidget)
 
 from polyprune.errors import PolypruneError
-from polyprune.study import (HeatmapTable, StudyConfig, heatmap_table, load_agreement, load_paired, load_rows,
-                             run_study, study_from_text, study_status)
+from polyprune.fileio import atomic_write_text
+from polyprune.session import study_rows_so_far
+from polyprune.study import (HeatmapTable, StudyConfig, heat_scores, heatmap_table, load_agreement, load_paired,
+                             load_rows, lower_is_better, run_study, study_from_text, study_status)
 
 from ..widgets import (PlotBox, debounce, fmt_value, group, heading, help_label, monospace, plot_title, primary,
                        results_table, style_plot, write_csv)
@@ -42,51 +47,6 @@ EXAMPLE = "calibration_language.yaml"
 def example_study_text() -> str:
     """The built-in example study (``resources/studies/calibration_language.yaml``)."""
     return (importlib_resources.files("polyprune.resources") / "studies" / EXAMPLE).read_text(encoding="utf-8")
-
-
-def lower_is_better(metric: str) -> bool:
-    """Perplexity-like metrics improve downwards; accuracies upwards."""
-    return metric in ("perplexity", "ppl", "loss", "bits_per_byte")
-
-
-def heat_scores(values: list[list[float | None]], metric: str, mode: str, per_column: bool) -> np.ndarray:
-    """Colour positions in [0, 1] for a heatmap: 1 = best, 0 = worst, 0.5 = middle (NaN where missing).
-
-    With ``per_column`` each evaluation language is scaled on its own (which calibration is best
-    *for this language*); otherwise one scale for the whole table. In ``delta``/``ratio`` modes
-    the neutral point (0 or 1: as good as dense) is placed at 0.5 when the range spans it.
-
-    Args:
-        values: ``[n_calibrations][n_languages]`` (``None`` where missing).
-        metric: decides the direction (perplexity: lower is better).
-        mode: ``value``, ``delta``, ``ratio`` or ``paired`` (a difference, like ``delta``).
-        per_column: scale each column separately.
-
-    Returns:
-        ``[n_calibrations, n_languages]`` float array.
-    """
-    a = np.array([[np.nan if v is None else float(v) for v in row] for row in values], dtype=float)
-    if a.size == 0:
-        return a
-    sign = -1.0 if lower_is_better(metric) else 1.0
-    neutral = {"delta": 0.0, "ratio": 1.0, "paired": 0.0}.get(mode)
-    good = sign * (a - (neutral if neutral is not None else 0.0))  # larger = better
-
-    def scale(block: np.ndarray) -> np.ndarray:
-        finite = block[np.isfinite(block)]
-        if finite.size == 0:
-            return np.full_like(block, np.nan)
-        lo, hi = float(finite.min()), float(finite.max())
-        if neutral is not None and lo < 0 < hi:  # centre "as good as dense" on the neutral colour
-            m = max(-lo, hi)
-            return 0.5 + 0.5 * block / m
-        if hi - lo < 1e-12:
-            return np.where(np.isfinite(block), 0.5, np.nan)
-        return (block - lo) / (hi - lo)
-
-    if per_column:
-        return np.stack([scale(good[:, j]) for j in range(good.shape[1])], axis=1)
-    return scale(good)
 
 
 class _LogBridge(QObject):
@@ -330,17 +290,20 @@ class StudyPanel(QWidget):
             self.ctx.log(f"Every cell of the study is finished in {cfg.out}; showing its results", "ok")
         out = Path(cfg.out).expanduser()
         bridge = self._bridge
+        self._running_cfg = cfg
 
         def job(progress):
             return run_study(cfg, progress, log=bridge.line.emit)
 
         def done(res):
+            self._running_cfg = None
             self.show_folder(res.out)
             self.update_plan()
             self.ctx.log(f"Study finished: {len(res.ran)} cell(s) run, {len(res.skipped)} resumed from disk, "
                          f"{res.seconds:.0f} s; tables in {res.out}", "ok")
 
         def stopped(*_):
+            self._running_cfg = None
             if (out / "results.jsonl").is_file():
                 self.show_folder(out)
             self.update_plan()
@@ -350,6 +313,25 @@ class StudyPanel(QWidget):
     @Slot(str)
     def _log_line(self, line: str) -> None:
         self.ctx.log(line.strip())
+        cfg = getattr(self, "_running_cfg", None)
+        if cfg is not None and (line.lstrip().startswith(("Cell ", "Evaluating the dense")) or "pruned in" in line):
+            self.show_progress_rows()
+
+    def show_progress_rows(self) -> None:
+        """While a study runs: show the rows of the cells finished so far in the table."""
+        cfg = getattr(self, "_running_cfg", None)
+        if cfg is None:
+            return
+        try:
+            rows = study_rows_so_far(cfg)
+        except PolypruneError:
+            return
+        if len(rows) != len(self.rows):
+            self.rows = rows
+            n_cells = len({r["cell"] for r in rows if r.get("cell") != "dense"})
+            self.folder_label.setText(f"{Path(cfg.out).expanduser()} · running: {n_cells} cell(s) finished so far, "
+                                      f"{len(rows)} results")
+            self.fill_table()
 
     # --- results ------------------------------------------------------------------------
     def _show_existing(self) -> None:
@@ -378,8 +360,6 @@ class StudyPanel(QWidget):
         folder = Path(folder).expanduser()
         self.rows = load_rows(folder)
         if load_study and (folder / "study.json").is_file():
-            import json
-            import yaml
             try:
                 cfg = json.loads((folder / "study.json").read_text(encoding="utf-8"))
             except (OSError, ValueError):
@@ -421,8 +401,7 @@ class StudyPanel(QWidget):
                 if c >= 6:
                     item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
                 if c == 9 and delta is not None:
-                    better = delta < 0 if lower_is_better(r["metric"]) else delta > 0
-                    item.setForeground(QBrush(green if better else red))
+                    item.setForeground(QBrush(change_color(delta, r["metric"], green, red)))
                 self.table.setItem(i, c, item)
 
     def fill_paired(self) -> None:
@@ -448,8 +427,8 @@ class StudyPanel(QWidget):
                 if c >= 6:
                     item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
                 if c >= 9:
-                    better = r["difference"] < 0 if lower_is_better(m) else r["difference"] > 0
-                    item.setForeground(QBrush(green if better else red))
+                    # colour only what the paired interval shows; a change it cannot tell from 0 stays grey
+                    item.setForeground(QBrush(change_color(r["difference"], m, green, red) if sig else QColor(GREY)))
                     if sig:
                         f = item.font()
                         f.setBold(True)
@@ -600,8 +579,6 @@ class StudyPanel(QWidget):
             self.ctx.error(f"Could not read the study file {p}: {e.strerror or e}", "check the path and permissions")
             return False
         if p.suffix.lower() == ".json":
-            import json
-            import yaml
             try:
                 text = yaml.safe_dump(json.loads(text), sort_keys=False, allow_unicode=True)
             except ValueError as e:
@@ -615,13 +592,9 @@ class StudyPanel(QWidget):
 
     def save_study(self, path: str | Path) -> Path:
         """Write the editor's text to ``path`` atomically (after checking it parses)."""
-        import os
-
         self.config()  # refuse to save a study that cannot run
         p = Path(path).expanduser()
-        tmp = p.with_name(f".{p.name}.tmp")
-        tmp.write_text(self.editor.toPlainText(), encoding="utf-8")
-        os.replace(tmp, p)
+        atomic_write_text(p, self.editor.toPlainText())
         self.study_path = p
         self.ctx.log(f"Saved study {p}; run it with: polyprune study {p}", "ok")
         return p
@@ -678,8 +651,18 @@ class StudyPanel(QWidget):
         """Studies are saved as their own files; nothing is read from the session recipe."""
 
 
+GREY = "#57606a"
+
+
+def change_color(d: float, metric: str, better: QColor, worse: QColor) -> QColor:
+    """Green for a change for the better, red for the worse, grey when it shows as zero."""
+    if _delta_text(d, metric).lstrip("+-").startswith(("0.0 ", "0 ")) or d == 0:
+        return QColor(GREY)
+    good = d < 0 if lower_is_better(metric) else d > 0
+    return better if good else worse
+
+
 def _esc(text: str) -> str:
-    import html
     return html.escape(text)
 
 

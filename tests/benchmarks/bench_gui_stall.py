@@ -29,8 +29,9 @@ from pathlib import Path
 
 
 def _calibration(tokenizer, samples: int, seq_len: int):
-    from polyprune.demos import DemoConfig, build_calibration
+    from polyprune.calibration import build
     from polyprune.datasets import default_data_dir
+    from polyprune.recipe import DemoConfig, demos_spec
 
     data = default_data_dir()
     flores = data / "flores200" if data is not None else None
@@ -40,7 +41,7 @@ def _calibration(tokenizer, samples: int, seq_len: int):
     else:
         cfg = DemoConfig(source="builtin", src="eng_Latn", tgt="fra_Latn", shots=1,
                          samples=min(samples, 36), seq_len=seq_len)
-    return cfg, build_calibration(cfg, tokenizer)
+    return cfg, build(demos_spec(cfg), tokenizer)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from polyprune.jobs import JobRunner
     from polyprune.models import load_model
     from polyprune.pruning import prune
-from polyprune.recipe import PruneConfig
+    from polyprune.recipe import PruneConfig, demos_spec
 
     if a.threads is None:
         from polyprune.gui.app import gui_torch_threads
@@ -168,8 +169,7 @@ from polyprune.recipe import PruneConfig
         win.show()
         win.state.set_model(loaded)
         win.demos_panel.apply_config(cfg, None)
-        win.state.set_calibration(cal, __import__("polyprune.gui.panels.demos_panel", fromlist=["x"])
-                                  .calibration_key(*win.demos_panel.config()))
+        win.state.store_calibration(demos_spec(cfg), cal)
         win.tabs.setCurrentWidget(win.pruning_panel)
         win.pruning_panel.sparsity.setValue(a.sparsity)
         runner = win.runner
