@@ -40,6 +40,8 @@ MIN_SEQ_LEN = 8
 #: Multiple-choice metrics, named exactly as lm-evaluation-harness prints them (``acc_norm`` is
 #: by characters, ``acc_bytes`` by UTF-8 bytes), plus Kim et al.'s whole-prompt ``prompt_mean``.
 METRICS = ("acc", "acc_norm", "acc_bytes", "prompt_mean")
+#: The changes a recipe can make to a model, in the order of ``Recipe.steps``.
+STEPS = ("prune", "remove_heads", "lens", "slim")
 #: Names used by earlier versions, with the name that replaced them.
 RENAMED_METRICS = {"acc_norm_chars": "acc_norm"}
 
@@ -336,6 +338,13 @@ class Recipe:
 
     ``calibration`` (a :mod:`polyprune.calibration` spec) replaces ``demos`` and
     ``calibration_text`` when set; ``contrast`` is the contrast set of ``wanda_refined``.
+
+    ``steps`` are the changes made to the model, in order, before it is evaluated and exported
+    (:data:`STEPS`): ``prune`` (``pruning``), ``remove_heads`` (the ``removal`` part of ``heads``,
+    a soft cut; :mod:`polyprune.heads`), ``lens`` (``lens``; :mod:`polyprune.subspaces`) and, as
+    the last step, ``slim`` (``slim``; :mod:`polyprune.slimming`), which writes its own smaller
+    checkpoint instead of the plain export. The feature sections are plain mappings of their
+    packages' settings (``HeadsConfig``, ``LensConfig``, ``SlimConfig``), checked when used.
     """
 
     model: str = "demo"
@@ -354,9 +363,30 @@ class Recipe:
     export: bool = True
     overwrite: bool = False
     reload_check: bool = True
+    steps: list[str] = field(default_factory=lambda: ["prune"])
+    heads: dict | None = None
+    subspaces: dict | None = None
+    lens: dict | None = None
+    slim: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def check_steps(self) -> None:
+        """Raise :class:`PolypruneError` for an unknown step, a repeated one, a step without its
+        settings, or ``slim`` before the end."""
+        for st in self.steps:
+            if st not in STEPS:
+                raise PolypruneError(f"Unknown step {st!r} in the recipe", f"use steps from {', '.join(STEPS)}")
+        if len(set(self.steps)) != len(self.steps):
+            raise PolypruneError("A step appears twice in the recipe's steps", "list each step once")
+        if "slim" in self.steps and self.steps[-1] != "slim":
+            raise PolypruneError("The slim step must come last (it writes its own checkpoint)",
+                                 "move slim to the end of steps")
+        for st, section in (("remove_heads", self.heads), ("lens", self.lens), ("slim", self.slim)):
+            if st in self.steps and not section:
+                raise PolypruneError(f"The recipe's steps include {st} but it has no {st.split('_')[-1]} section",
+                                     f"add the {st.split('_')[-1]}: settings, or remove {st} from steps")
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "recipe") -> "Recipe":

@@ -28,8 +28,10 @@ from .panels.demos_panel import DemosPanel
 from .panels.evaluation_panel import EvaluationPanel
 from .panels.export_panel import ExportPanel
 from .panels.features_panel import FeaturesPanel
+from .panels.heads_panel import HeadsPanel
 from .panels.model_panel import ModelPanel
 from .panels.pruning_panel import PruningPanel
+from .panels.slim_panel import SlimPanel
 from .panels.study_panel import StudyPanel
 from .state import AppState
 from .style import STYLE_SHEET
@@ -57,7 +59,8 @@ def lower_thread_priority(nice: int = WORKER_NICE) -> None:
 #: ``Panel(window)``, with ``to_recipe(recipe)``, ``apply_recipe(recipe)`` and
 #: ``set_busy(busy, name)``; it becomes a tab and ``window.<snake_case_class_name>``
 #: (``ModelPanel`` -> ``window.model_panel``). Adding a panel is adding its class here.
-PANELS: list[type] = [ModelPanel, DemosPanel, FeaturesPanel, PruningPanel, EvaluationPanel, ExportPanel, StudyPanel]
+PANELS: list[type] = [ModelPanel, DemosPanel, FeaturesPanel, PruningPanel, EvaluationPanel, ExportPanel, StudyPanel,
+                      HeadsPanel, SlimPanel]
 
 def expected_failure(tb: str) -> bool:
     """Whether a job's traceback ends in a :class:`~polyprune.errors.PolypruneError` (a mistake the

@@ -673,7 +673,11 @@ class HeadsPanel(QWidget):
     def to_recipe(self, recipe) -> None:
         """Write this panel's settings into ``recipe.heads`` when the recipe has that section."""
         if hasattr(recipe, "heads"):
-            recipe.heads = self.config()
+            cfg = self.config()
+            r = cfg.removal
+            if r is not None and not (r.heads or r.drop):
+                cfg.removal = None  # nothing chosen to remove yet: the recipe holds the scoring settings
+            recipe.heads = cfg.to_dict()
 
     def apply_recipe(self, recipe) -> None:
         """Show ``recipe.heads`` (a :class:`HeadsConfig` or a mapping) when present."""
