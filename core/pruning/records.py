@@ -90,6 +90,11 @@ class ModuleRecord:
     def sparsity(self) -> float:
         return self.n_removed / self.numel if self.numel else 0.0
 
+    def drop_values(self) -> None:
+        """Keep only the mask (block streaming: the dense weights stay in the source checkpoint and
+        the pruned ones are in the output; nothing in memory can be restored or re-applied)."""
+        self.removed = self.original = self.kept = None
+
     def nbytes(self) -> int:
         """Bytes this record holds in memory (mask bits and kept values)."""
         n = self.packed.nbytes
