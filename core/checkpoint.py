@@ -181,6 +181,17 @@ class CheckpointReader:
             out = out.to(dtype)
         return out
 
+    def read_slice(self, name: str, r0: int, r1: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Rows ``[r0, r1)`` of the tensor ``name`` (along its first dimension), on the CPU."""
+        info = self.tensors[name]
+        out = torch.empty((r1 - r0,) + tuple(info.shape[1:]), dtype=info.torch_dtype)
+        per_row = out[0].numel() * out.element_size() if r1 > r0 else 0
+        if out.numel():
+            read_into(info.file, info.start + r0 * per_row, out)
+        if dtype is not None and out.is_floating_point() and out.dtype != dtype:
+            out = out.to(dtype)
+        return out
+
     def copy_to(self, name: str, fh, dtype: torch.dtype | None = None) -> None:
         """Write tensor ``name`` (cast to ``dtype`` when floating) to the open file ``fh``, in chunks of
         :data:`CHUNK_BYTES`, never holding the whole tensor."""

@@ -33,6 +33,7 @@ the activations stay in CPU memory (or on disk).
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -144,7 +145,7 @@ class CompactEmbedding(nn.Module):
             inner.padding_idx = None  # an index into the full matrix; it only affects gradients
 
     def forward(self, input_ids: torch.Tensor, *args, **kwargs):
-        return self.inner(torch.searchsorted(self.ids, input_ids.to(self.ids.device)), *args, **kwargs)
+        return self.inner(torch.searchsorted(self.ids, input_ids.to(self.ids.device).contiguous()), *args, **kwargs)
 
     def release(self) -> nn.Module:
         """Put the full (meta) weight back into the wrapped module and return it."""
@@ -447,9 +448,11 @@ def plan_memory(stream: BlockStream, cfg: PruneConfig | None, sets: list[Calibra
     if cfg is not None:
         parts["masks (1 bit per weight)"] = sum(s[0] * s[1] for ls in lin for s in ls.values()) // 8
     plan = MemoryPlan(dict(parts, **{"calibration activations": acts}), budget)
-    if plan.fits or not acts:
+    two = 2 * B * L * d * esz
+    if plan.fits or two >= acts:
+        plan.check(f"{what} {stream.folder.name} by streaming one block at a time")
         return plan
-    disk = MemoryPlan(dict(parts, **{"calibration activations (2 batches; the rest on disk)": 2 * B * L * d * esz}), budget,
+    disk = MemoryPlan(dict(parts, **{"calibration activations (2 batches; the rest on disk)": two}), budget,
                       activations_on_disk=True, disk_bytes=acts)
     disk.notes.append(f"the calibration activations ({format_size(acts)}) do not fit the budget with the rest "
                       f"({plan.describe()}): they are kept on disk")
@@ -600,3 +603,334 @@ def _write_reports(stream: BlockStream, tmp: Path, res: PruneResult, report: dic
     (tmp / CONFIG_NAME).write_text(dumps((report.get("recipe") or {}) | {"report": {k: v for k, v in clean.items()
                                                                                    if k != "recipe"}}), encoding="utf-8")
     (tmp / CARD_NAME).write_text(model_card(report), encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------
+# streamed evaluation: perplexity without the model in memory
+# --------------------------------------------------------------------------------------------
+#: Rows of scored positions sent through the LM head at once.
+HEAD_ROWS = 2048
+#: Vocabulary rows of the LM head read at once (bounds the float32 logits to ``HEAD_ROWS x 4096``).
+HEAD_VOCAB_ROWS = 4096
+
+
+def _final_hidden(stream: BlockStream, batches: list, inputs: BlockInputs) -> list[torch.Tensor]:
+    """The base model's output (final norm applied) per batch, from the last block's outputs in
+    ``inputs.hidden``: the base model is run with every block replaced by a pass-through that
+    returns, at the last block, the stored output — so whatever the model does after its blocks
+    (final norm, scaling) is its own code."""
+    model = stream.model
+    base = base_model(model)
+    last = len(stream.blocks) - 1
+    block = stream.open(last)
+    out0 = inputs.calls[last][0].raw(block, inputs.hidden[0])
+    as_tuple, width = isinstance(out0, (tuple, list)), (len(out0) if isinstance(out0, (tuple, list)) else 1)
+    del out0
+    stream.close(last)
+    emb = model.get_input_embeddings()
+    ids_all = torch.unique(torch.cat([b[0].reshape(-1) for b in batches]))
+    rows = stream.reader.read_rows(stream.names[stream.embedding_key], ids_all, stream.dtype).to(stream.device)
+    for k in stream.pre_keys:
+        stream._load(k)
+    compact = CompactEmbedding(emb, ids_all.to(stream.device), rows)
+    model.set_input_embeddings(compact)
+    results = []
+    try:
+        for b, (ids, att) in enumerate(batches):
+            h = inputs.hidden[b]
+
+            def make(i: int):
+                def forward(*args, **kwargs):
+                    x = args[0] if args else kwargs["hidden_states"]
+                    v = h if i == last else x
+                    return (v,) + (None,) * (width - 1) if as_tuple else v
+                return forward
+
+            for i, blk in enumerate(stream.blocks):
+                blk.forward = make(i)
+            try:
+                o = base(input_ids=ids.to(stream.device), attention_mask=att.to(stream.device), use_cache=False)
+            finally:
+                for blk in stream.blocks:
+                    if "forward" in blk.__dict__:
+                        del blk.forward
+            results.append((o.last_hidden_state if hasattr(o, "last_hidden_state") else o[0]).to("cpu"))
+    finally:
+        model.set_input_embeddings(compact.release())
+        for k in stream.pre_keys:
+            stream._unload(k)
+    return results
+
+
+def _head_name(stream: BlockStream) -> tuple[str, str | None]:
+    """Checkpoint names of the LM head's weight (the embedding's when tied) and bias."""
+    head = stream.model.get_output_embeddings()
+    state = stream.model.state_dict(keep_vars=True)
+    wkey = next(k for k, v in state.items() if v is head.weight)
+    bkey = next((k for k, v in state.items() if getattr(head, "bias", None) is not None and v is head.bias), None)
+    cfgm = stream.config
+    tied = any(getattr(c, "tie_word_embeddings", False) for c in (cfgm, getattr(cfgm, "text_config", None)) if c is not None)
+    if wkey not in stream.names and tied:
+        return stream.names[stream.embedding_key], None
+    if wkey not in stream.names:
+        raise PolypruneError(f"Block streaming cannot find the LM head {wkey} in {stream.folder}",
+                             "evaluate without --max-memory")
+    return stream.names[wkey], (stream.names.get(bkey) if bkey else None)
+
+
+@torch.inference_mode()
+def streamed_loglikelihoods(stream: BlockStream, requests: list[tuple[list[int], list[int]]], batch_size: int = 8,
+                            progress: Progress | None = None) -> list[tuple[float, int, bool]]:
+    """:func:`polyprune.evaluation.engine.loglikelihoods` (ungrouped, no truncation) with one block
+    in memory at a time: requests sorted by length (longest first) and batched, every block run over
+    all batches, then the LM head applied in vocabulary chunks read from the checkpoint
+    (``log p = logit - logsumexp``, accumulated chunk by chunk in float32). Equal to the in-memory
+    numbers up to float rounding of the chunked log-sum-exp.
+
+    Returns:
+        ``(logprob_sum [nats], n_continuation_tokens, is_greedy)`` per request, in input order.
+    """
+    from .sequential import run
+
+    progress = ensure(progress)
+    inputs_ids, targets = [], []
+    for i, (ctx, cont) in enumerate(requests):
+        if not ctx:
+            raise ValueError(f"request {i} has an empty context; pass [bos_token_id] instead")
+        tokens = list(ctx) + list(cont)
+        inputs_ids.append(tokens[:-1])
+        targets.append(list(cont))
+    todo = sorted((i for i in range(len(requests)) if targets[i]), key=lambda i: -len(inputs_ids[i]))
+    results: list = [(0.0, 0, True) if not targets[i] else None for i in range(len(requests))]
+    if not todo:
+        return results
+    pad = getattr(stream.config, "pad_token_id", None)
+    pad = pad if isinstance(pad, int) and pad >= 0 else 0
+    batches, where = [], []  # where: per scored row (request, batch, position)
+    for start in range(0, len(todo), batch_size):
+        idx = todo[start:start + batch_size]
+        T = max(len(inputs_ids[i]) for i in idx)
+        ids = torch.full((len(idx), T), pad, dtype=torch.long)
+        att = torch.zeros((len(idx), T), dtype=torch.long)
+        for b, i in enumerate(idx):
+            L, C = len(inputs_ids[i]), len(targets[i])
+            ids[b, :L] = torch.tensor(inputs_ids[i])
+            att[b, :L] = 1
+            where.extend((i, len(batches), b, p, t) for p, t in zip(range(L - C, L), targets[i]))
+        batches.append((ids, att))
+    holder: dict = {}
+
+    def per_block(i, block, inputs) -> bool:
+        holder["inputs"] = inputs[0]
+        return False
+
+    run(stream.model, [batches], per_block, progress.sub(0, 0.85), "Evaluating,", source=stream)
+    final = _final_hidden(stream, batches, holder["inputs"])
+    rows = torch.stack([final[bi][b, p] for _, bi, b, p, _ in where])  # [R, d]
+    tgt = torch.tensor([t for *_, t in where], dtype=torch.long)
+    del final, holder
+    wname, bname = _head_name(stream)
+    cfgm = stream.config
+    cap = next((float(c.final_logit_softcapping) for c in (cfgm, getattr(cfgm, "text_config", None))
+                if c is not None and getattr(c, "final_logit_softcapping", None) is not None), None)
+    vocab = stream.reader.tensors[wname].shape[0]
+    R = rows.shape[0]
+    lse = torch.full((R,), float("-inf"))
+    tlog = torch.empty(R)
+    best = torch.full((R,), float("-inf"))
+    arg = torch.zeros(R, dtype=torch.long)
+    bias = stream.reader.read(bname, stream.dtype) if bname else None
+    chunks = list(range(0, vocab, HEAD_VOCAB_ROWS))
+    for n, v0 in enumerate(chunks):
+        progress.update(0.85 + 0.15 * n / len(chunks), 1, "Applying the LM head")
+        v1 = min(v0 + HEAD_VOCAB_ROWS, vocab)
+        W = stream.reader.read_slice(wname, v0, v1, stream.dtype).to(stream.device)
+        bb = bias[v0:v1].to(stream.device) if bias is not None else None
+        for r0 in range(0, R, HEAD_ROWS):
+            x = rows[r0:r0 + HEAD_ROWS].to(stream.device)
+            logits = (x @ W.t() if bb is None else torch.addmm(bb, x, W.t())).float()
+            if cap is not None:
+                logits = torch.tanh(logits / cap) * cap
+            logits = logits.cpu()
+            sl = slice(r0, r0 + x.shape[0])
+            lse[sl] = torch.logaddexp(lse[sl], torch.logsumexp(logits, 1))
+            t = tgt[sl]
+            inside = (t >= v0) & (t < v1)
+            if bool(inside.any()):
+                tlog[sl][inside] = logits[inside, t[inside] - v0]
+            m, a = logits.max(1)
+            better = m > best[sl]
+            best[sl] = torch.where(better, m, best[sl])
+            arg[sl] = torch.where(better, a + v0, arg[sl])
+        del W
+    lp = (tlog - lse).double()
+    greedy = arg == tgt
+    acc: dict[int, list] = {}
+    for k, (i, *_rest) in enumerate(where):
+        a = acc.setdefault(i, [0.0, 0, True])
+        a[0] += float(lp[k]); a[1] += 1; a[2] = a[2] and bool(greedy[k])
+    for i, (s_, n_, g_) in acc.items():
+        results[i] = (s_, n_, g_)
+    progress.update(1, 1, "Evaluated")
+    return results
+
+
+def streamed_flores_perplexity(stream: BlockStream, data_dir, languages: list[str], *, split: str = "devtest",
+                               limit: int | None = None, batch_size: int = 8, bootstrap: int = 0, seed: int = 0,
+                               item_scores: bool = False, progress: Progress | None = None) -> list:
+    """:func:`polyprune.evaluation.perplexity.flores_perplexity` with one block in memory at a time,
+    every language in one streamed pass (methods.md §5: token-level perplexity, sentence-bootstrap
+    interval). Returns one ``flores_ppl`` :class:`~polyprune.evaluation.Result` per language."""
+    from ..datasets import flores_dir as find_flores_dir, flores_file, read_flores
+    from ..evaluation.engine import prefix_id, special_ids
+    from ..evaluation.results import Result
+    from ..evaluation.stats import perplexity_ci, seed_for
+    from ..languages import resolve_language
+
+    root = find_flores_dir(data_dir)
+    codes = [lang if flores_file(root, split, lang) is not None else resolve_language(lang) for lang in languages]
+    tok = stream.tokenizer
+    special = special_ids(tok)
+    requests, owner = [], []
+    n_texts = {}
+    for code in codes:
+        texts = [s for s in read_flores(root, code, split, limit) if s.strip()]
+        n_texts[code] = len(texts)
+        for text in texts:
+            ids = list(tok(text)["input_ids"])
+            if not ids or ids[0] not in special:
+                ids = [prefix_id(tok)] + ids
+            if len(ids) >= 2:
+                requests.append((ids[:1], ids[1:]))
+                owner.append(code)
+    res = streamed_loglikelihoods(stream, requests, batch_size, progress)
+    out = []
+    for code in codes:
+        items = [(-r[0], int(r[1])) for r, o in zip(res, owner) if o == code]
+        nll, tokens = sum(a for a, _ in items), sum(b for _, b in items)
+        if not tokens:
+            raise PolypruneError(f"No tokens to score in FLORES {code}", "check the data folder")
+        lo = hi = None
+        if bootstrap:
+            lo, hi = perplexity_ci([a for a, _ in items], [b for _, b in items], iters=bootstrap,
+                                   seed=seed_for(seed, "flores_ppl", code))
+        extra = {"tokens": tokens, "nll": nll, "split": split, "streamed": True}
+        if item_scores:
+            extra["item_nll"] = [a for a, _ in items]
+            extra["item_tokens"] = [b for _, b in items]
+        out.append(Result("flores_ppl", code, "perplexity", math.exp(nll / tokens), lo, hi, n_texts[code], extra=extra))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# a recipe, streamed (``polyprune prune --max-memory``, ``max_memory:`` in a recipe)
+# --------------------------------------------------------------------------------------------
+def run_streamed(recipe, progress: Progress | None = None, log: Callable[[str], None] = print) -> dict:
+    """:func:`polyprune.pipeline.run` for a recipe with ``max_memory``: the model is never loaded
+    whole. Calibration → (dense FLORES perplexity, streamed) → streamed pruning into the output
+    checkpoint → (pruned perplexity, streamed from the new shards before the folder is moved into
+    place) → report. Feature magnitudes and the zero-shot tasks need the whole model and are
+    refused up front (evaluate the pruned checkpoint afterwards with ``polyprune evaluate``).
+
+    Raises:
+        PolypruneError: as :func:`polyprune.pipeline.run`, plus a budget that cannot be met (before
+            any weight is read), an unsupported evaluation, no output folder.
+        Cancelled: nothing is written; the source is untouched.
+    """
+    from ..calibration import build
+    from ..datasets import data_dir as resolve_data_dir, default_data_dir
+    from ..evaluation import compare
+    from ..export import write_report_folder
+    from ..masks import model_signature
+    from ..models import DEMO_META, DEMO_NAME, DEMO_SPEC, model_info
+    from ..pipeline import calibration_report, check_recipe, versions
+
+    progress = ensure(progress)
+    t_start = time.perf_counter()
+    budget = parse_size(recipe.max_memory)
+    if recipe.features.enabled:
+        raise PolypruneError("Feature magnitudes need the whole model and are not measured in a streamed run (--max-memory)",
+                             "measure them with polyprune inspect, or leave out --max-memory")
+    ev = recipe.evaluation
+    if ev.xnli or ev.tasks:
+        raise PolypruneError("A streamed run (--max-memory) evaluates FLORES perplexity only",
+                             "leave out --eval-xnli/--tasks (evaluate the pruned checkpoint afterwards with polyprune "
+                             "evaluate), or leave out --max-memory")
+    if not recipe.out:
+        raise PolypruneError("A streamed run writes the pruned checkpoint block by block and needs an output folder",
+                             "give --out")
+    torch.manual_seed(recipe.seed)
+    out = check_recipe(recipe)
+    if ev.ppl and ev.optional and not ev.data and default_data_dir() is None:
+        log("No evaluation data found; skipping evaluation")
+        ev = type(ev)(**{**asdict(ev), "ppl": []})
+    data = resolve_data_dir(ev.data) if ev.ppl else None
+    stream = open_stream(recipe.model, recipe.device, recipe.dtype, recipe.trust_remote_code, progress.sub(0, 0.02))
+    meta = {"name": DEMO_NAME, **DEMO_META} if recipe.model == DEMO_SPEC else {"name": recipe.model}
+    report: dict = {"recipe": recipe.to_dict(), "seed": recipe.seed, "versions": versions(),
+                    "model": model_info(stream.model) | {"spec": recipe.model, "device": recipe.device,
+                                                         "dtype": recipe.dtype, "path": str(stream.folder)} | meta}
+    log(f"Model: {report['model']['architecture']}, {report['model']['n_blocks']} blocks, "
+        f"{report['model']['parameters'] / 1e6:.1f}M parameters; streamed one block at a time")
+    cfg = recipe.pruning
+    cal = contrast = None
+    if cfg.needs_calibration and (cfg.sparsity > 0 or cfg.layerwise == "owl"):
+        cal = build(recipe.calibration_spec(), stream.tokenizer)
+        report["calibration"] = calibration_report(cal)
+        log(f"Calibration: {len(cal)} samples, {cal.n_tokens} tokens")
+    if cfg.method == "wanda_refined":
+        spec = recipe.contrast_spec()
+        if spec is None:
+            raise PolypruneError("The refined metric (wanda_refined) needs a contrast set",
+                                 "set the contrast text (--contrast-text FILE), or use the wanda method")
+        contrast = build(spec, stream.tokenizer)
+    sets = [s for s in (cal, contrast) if s is not None]
+    plan_memory(stream, cfg, sets, budget, cfg.batch_size).check(f"pruning {stream.folder.name} by streaming")
+    timings: dict = {}
+    dense = []
+    if ev.ppl and ev.dense:
+        t = time.perf_counter()
+        log("Evaluating the dense model (streamed)")
+        dense = streamed_flores_perplexity(stream, data, ev.ppl, split=ev.split, limit=ev.ppl_limit,
+                                           batch_size=ev.batch_size, bootstrap=ev.bootstrap, seed=recipe.seed,
+                                           progress=progress.sub(0.02, 0.3))
+        timings["eval_dense_s"] = time.perf_counter() - t
+    pruned: list = []
+
+    def evaluate_output(tmp: Path) -> None:
+        if not ev.ppl:
+            return
+        t = time.perf_counter()
+        log("Evaluating the pruned model (streamed from the new shards)")
+        out_stream = BlockStream(tmp, recipe.device, recipe.dtype, recipe.trust_remote_code)
+        pruned.extend(streamed_flores_perplexity(out_stream, data, ev.ppl, split=ev.split, limit=ev.ppl_limit,
+                                                 batch_size=ev.batch_size, bootstrap=ev.bootstrap, seed=recipe.seed,
+                                                 progress=progress.sub(0.85, 0.99)))
+        timings["eval_pruned_s"] = time.perf_counter() - t
+        report["evaluation"] = compare(dense, pruned)
+        report["evaluation_records"] = {"dense": [r.to_dict() for r in dense], "pruned": [r.to_dict() for r in pruned]}
+
+    t = time.perf_counter()
+    log(f"Pruning: {cfg.method}, {cfg.pattern}, sparsity {cfg.sparsity}")
+    if recipe.export:
+        sp = prune_streamed(stream, cfg, out, calibration=cal, contrast=contrast, max_memory=budget,
+                            overwrite=recipe.overwrite, progress=progress.sub(0.3, 0.85), log=log, report=report,
+                            write_more=evaluate_output)
+        res = sp.result
+    else:
+        sp = None
+        res = prune_model(stream.model, cfg, cal, progress.sub(0.3, 0.85), contrast=contrast, source=stream)
+        report["pruning"] = res.summary()
+        write_report_folder(out, report, recipe=recipe, masks=res, mask_model_info=model_signature(stream.model),
+                            source=stream.folder, overwrite=recipe.overwrite, log=log)
+    timings["prune_s"] = time.perf_counter() - t
+    if sp is not None:
+        mem = sp.memory_report()
+        log(f"Pruned in {timings['prune_s']:.1f} s; sparsity {res.overall:.4f}; peak memory "
+            f"{format_size(mem['peak_rss_bytes'])} ({format_size(mem['peak_above_baseline_bytes'])} above the "
+            f"{format_size(mem['baseline_rss_bytes'])} the process held before; plan {format_size(mem['planned_bytes'])})")
+    report["timings"] = timings | {"total_s": time.perf_counter() - t_start}
+    report.setdefault("evaluation", [])
+    progress.update(1, 1, "Done")
+    report["_result"] = res
+    return report
