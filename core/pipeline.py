@@ -235,6 +235,9 @@ def run(recipe: Recipe, progress: Progress | None = None, loaded: LoadedModel | 
         Cancelled: through ``progress``; the model is left dense and nothing is written.
     """
     progress = ensure(progress)
+    if recipe.max_memory is not None and loaded is None:  # block streaming (issue 15): never load it whole
+        from .pruning.streaming import run_streamed
+        return run_streamed(recipe, progress, log)
     t_start = time.perf_counter()
     torch.manual_seed(recipe.seed)
     out = check_recipe(recipe)

@@ -421,6 +421,8 @@ class Recipe:
 
     ``calibration`` (a :mod:`polyprune.calibration` spec) replaces ``demos`` and
     ``calibration_text`` when set; ``contrast`` is the contrast set of ``wanda_refined``.
+    ``max_memory`` (``"4GB"``) streams the model one block at a time within that budget
+    (:mod:`polyprune.pruning.streaming`) instead of loading it whole.
     """
 
     model: str = "demo"
@@ -439,6 +441,7 @@ class Recipe:
     export: bool = True
     overwrite: bool = False
     reload_check: bool = True
+    max_memory: str | int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -219,3 +219,26 @@ def test_parse_size(text, value):
 def test_parse_size_rejects(text):
     with pytest.raises(PolypruneError, match="memory budget"):
         parse_size(text)
+
+
+def test_cli_prune_with_max_memory(tmp_path, capsys):
+    from polyprune.cli import main
+    from polyprune.masks import load_masks
+
+    path = sharded(tmp_path, "gemma3")
+    text = tmp_path / "cal.txt"
+    text.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    common = ["prune", "--model", str(path), "--device", "cpu", "--calibration-text", str(text), "--samples", "5",
+              "--seq-len", "48", "--batch-size", "2", "--no-dense-eval"]
+    assert main(common + ["--max-memory", "10kB", "--out", str(tmp_path / "small")]) == 2
+    err = capsys.readouterr().err
+    assert "too small" in err and "--max-memory" in err and not (tmp_path / "small").exists()
+    assert main(common + ["--max-memory", "1GB", "--out", str(tmp_path / "streamed")]) == 0
+    assert main(common + ["--out", str(tmp_path / "memory")]) == 0
+    a = load_masks(tmp_path / "streamed" / "masks.safetensors").masks
+    b = load_masks(tmp_path / "memory" / "masks.safetensors").masks
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    import json
+    rep = json.loads((tmp_path / "streamed" / "report.json").read_text())
+    assert rep["memory"]["budget_bytes"] == 10 ** 9 and rep["export"]["streamed"]
+    assert rep["recipe"]["max_memory"] == "1GB"

@@ -114,3 +114,16 @@ def test_bad_ray_settings(kw, needle):
     cfg = S.StudyConfig.from_dict({"ray": kw})
     with pytest.raises(PolypruneError, match=needle):
         cfg.ray.validate()
+
+
+def test_cli_study_ray(tmp_path, tiny_path, cluster, capsys):
+    import yaml
+    from polyprune.cli import main
+
+    cfg = study(tmp_path, tiny_path, "cli", methods=["wanda"], sparsities=[0.5])
+    f = tmp_path / "study.yaml"
+    f.write_text(yaml.safe_dump(cfg.to_dict(), allow_unicode=True), encoding="utf-8")
+    assert main(["study", str(f), "--ray", "127.0.0.1:9"]) == 2
+    assert "does not answer" in capsys.readouterr().err and not (tmp_path / "cli").exists()
+    assert main(["study", str(f), "--ray"]) == 0  # the module's local cluster
+    assert len(S.load_rows(tmp_path / "cli")) == 2 + 2
