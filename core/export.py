@@ -219,9 +219,29 @@ def write_report_folder(out_dir: str | Path, report: dict, *, recipe=None, masks
 
 @torch.inference_mode()
 def reload_check(model, out_dir: str | Path, tokenizer, text: str = "Polyprune checks the export: Bonjour, habari, 你好.") -> float:
-    """Reload the export with ``AutoModelForCausalLM.from_pretrained`` and return the largest
-    absolute logit difference against ``model`` on ``text`` (0.0 means identical)."""
+    """Read the export back and return the largest absolute logit difference against ``model`` on
+    ``text`` (0.0 means identical).
+
+    The export is read one block at a time (:func:`polyprune.pruning.streaming.streamed_logits`:
+    its config through ``AutoConfig``, a skeleton of the stock model class, every tensor matched by
+    name), so the check needs one block's memory instead of a second copy of the model (issue 15).
+    Checkpoints whose tensor names the streamed reader cannot match are reloaded whole with
+    ``AutoModelForCausalLM.from_pretrained`` instead."""
+    from .models import DTYPES
+    from .pruning.streaming import streamed_logits
+
     dev = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    names = {v: k for k, v in DTYPES.items()}
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    if dtype in names:
+        try:
+            b = streamed_logits(out_dir, ids[0], device=str(dev), dtype=names[dtype])
+        except PolypruneError:
+            pass  # names the streamed reader does not know: reload whole below
+        else:
+            a = model(input_ids=ids.to(dev)).logits.float()[0].cpu()
+            return float((a - b).abs().max())
     reloaded = AutoModelForCausalLM.from_pretrained(str(out_dir), dtype=next(model.parameters()).dtype).to(dev).eval()
     ids = tokenizer(text, return_tensors="pt")["input_ids"].to(dev)
     a = model(input_ids=ids).logits.float()

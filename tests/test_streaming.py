@@ -242,3 +242,21 @@ def test_cli_prune_with_max_memory(tmp_path, capsys):
     rep = json.loads((tmp_path / "streamed" / "report.json").read_text())
     assert rep["memory"]["budget_bytes"] == 10 ** 9 and rep["export"]["streamed"]
     assert rep["recipe"]["max_memory"] == "1GB"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_streamed_logits_and_reload_check(tmp_path, family):
+    from polyprune.export import reload_check
+    from polyprune.pruning.streaming import streamed_logits
+
+    path = sharded(tmp_path, family)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    ids = torch.tensor([1, 70, 71, 72, 40, 90, 2])
+    with torch.no_grad():
+        full = model(input_ids=ids[None]).logits[0].float()
+    assert torch.allclose(streamed_logits(path, ids), full, atol=1e-5, rtol=1e-5)
+    tok = make_tokenizer()
+    assert reload_check(model, path, tok) < 1e-5
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if "mlp" in n or "fc" in n).mul_(3)
+    assert reload_check(model, path, tok) > 1e-3  # the check sees a difference

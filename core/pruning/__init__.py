@@ -61,7 +61,8 @@ def selected_modules(model: nn.Module, cfg: PruneConfig) -> list[dict[str, nn.Mo
 
 def prune(model: nn.Module, cfg: PruneConfig, calibration: CalibrationSet | None = None,
           progress: Progress | None = None, contrast: CalibrationSet | None = None,
-          outlier_ratios: list[float | None] | None = None, source: BlockSource | None = None) -> PruneResult:
+          outlier_ratios: list[float | None] | None = None, source: BlockSource | None = None,
+          keep_dense: bool = True) -> PruneResult:
     """Prune ``model`` in place.
 
     Args:
@@ -77,6 +78,10 @@ def prune(model: nn.Module, cfg: PruneConfig, calibration: CalibrationSet | None
         source: block streaming (:class:`~polyprune.pruning.streaming.BlockStream`): ``model`` is a
             skeleton whose blocks ``source`` opens (reads) and closes (writes, frees) one at a time;
             the records then keep masks only (:meth:`ModuleRecord.drop_values`).
+        keep_dense: keep what is needed to give the dense weights back (restore, dense views,
+            cancel). ``False`` keeps masks only — for callers that discard the model afterwards
+            (the command line), it saves the removed values (half the pruned weights at 50%) or
+            SparseGPT's dense copies; a cancelled or failed call then leaves the model partly pruned.
 
     Returns:
         :class:`PruneResult` with masks per module and measured sparsities.
@@ -107,8 +112,8 @@ def prune(model: nn.Module, cfg: PruneConfig, calibration: CalibrationSet | None
     records: dict[str, ModuleRecord] = {}
     targets: list[float | None] = [cfg.sparsity if sel else None for sel in selected]
 
-    def done(i: int) -> None:  # streaming: the dense values stay on disk, keep the masks only
-        if source is not None:
+    def done(i: int) -> None:  # streaming (the dense values stay on disk) or no way back asked for: masks only
+        if source is not None or not keep_dense:
             for name in selected[i]:
                 records[name].drop_values()
     try:
@@ -132,8 +137,8 @@ def prune(model: nn.Module, cfg: PruneConfig, calibration: CalibrationSet | None
                         source.open(i)
                     if selected[i]:
                         magnitude.prune_block(selected[i], None, targets[i], cfg, records)
+                    done(i)
                     if source is not None:
-                        done(i)
                         source.close(i)
                 progress.update(len(blocks), len(blocks), "Pruning done")
             else:
@@ -150,7 +155,7 @@ def prune(model: nn.Module, cfg: PruneConfig, calibration: CalibrationSet | None
 
                 run(model, [list(s.batches(cfg.batch_size)) for s in sets], per_block, progress, source=source)
     except BaseException:  # Cancelled, KeyboardInterrupt or a failure: leave the model as it was
-        if source is None:
+        if source is None and keep_dense:
             restore(model, records)
         raise
     res = _result(prefix, len(blocks), records, cfg, calibration, time.perf_counter() - t0)

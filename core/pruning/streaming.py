@@ -678,6 +678,63 @@ def _head_name(stream: BlockStream) -> tuple[str, str | None]:
     return stream.names[wkey], (stream.names.get(bkey) if bkey else None)
 
 
+def streamed_hidden(stream: BlockStream, batches: list, progress: Progress | None = None) -> list[torch.Tensor]:
+    """The base model's output (``last_hidden_state``, final norm applied) for each batch
+    ``(input_ids [B, T], attention_mask [B, T])``, on the CPU, with one block in memory at a time."""
+    from .sequential import run
+
+    holder: dict = {}
+
+    def per_block(i, block, inputs) -> bool:
+        holder["inputs"] = inputs[0]
+        return False
+
+    run(stream.model, [batches], per_block, ensure(progress), "Evaluating,", source=stream)
+    return _final_hidden(stream, batches, holder["inputs"])
+
+
+def head_logits(stream: BlockStream, rows: torch.Tensor, progress: Progress | None = None):
+    """Yield ``(v0, r0, logits)``: float32 logits ``[<=HEAD_ROWS, <=HEAD_VOCAB_ROWS]`` of hidden ``rows``
+    ``[R, d]`` (rows ``r0...``) for vocabulary entries ``v0...``, with the LM head read from the
+    checkpoint in chunks (bias and final logit soft-capping applied as the model does)."""
+    progress = ensure(progress)
+    wname, bname = _head_name(stream)
+    cfgm = stream.config
+    cap = next((float(c.final_logit_softcapping) for c in (cfgm, getattr(cfgm, "text_config", None))
+                if c is not None and getattr(c, "final_logit_softcapping", None) is not None), None)
+    vocab = stream.reader.tensors[wname].shape[0]
+    bias = stream.reader.read(bname, stream.dtype) if bname else None
+    chunks = list(range(0, vocab, HEAD_VOCAB_ROWS))
+    for n, v0 in enumerate(chunks):
+        progress.update(n, len(chunks), "Applying the LM head")
+        v1 = min(v0 + HEAD_VOCAB_ROWS, vocab)
+        W = stream.reader.read_slice(wname, v0, v1, stream.dtype).to(stream.device)
+        bb = bias[v0:v1].to(stream.device) if bias is not None else None
+        for r0 in range(0, rows.shape[0], HEAD_ROWS):
+            x = rows[r0:r0 + HEAD_ROWS].to(stream.device)
+            logits = (x @ W.t() if bb is None else torch.addmm(bb, x, W.t())).float()
+            if cap is not None:
+                logits = torch.tanh(logits / cap) * cap
+            yield v0, r0, logits.cpu()
+        del W
+    progress.update(len(chunks), len(chunks), "LM head applied")
+
+
+@torch.inference_mode()
+def streamed_logits(folder: str | Path, input_ids: torch.Tensor, device: str = "cpu", dtype: str = "float32",
+                    trust_remote_code: bool = False) -> torch.Tensor:
+    """Logits ``[T, vocab]`` (float32) of one text ``input_ids`` ``[T]`` under the checkpoint in
+    ``folder``, read one block at a time (a reload check that needs one block's memory)."""
+    stream = BlockStream(folder, device, dtype, trust_remote_code)
+    ids = input_ids.reshape(1, -1).to(torch.long)
+    (h,) = streamed_hidden(stream, [(ids, torch.ones_like(ids))])
+    rows = h[0]
+    out = torch.empty(rows.shape[0], stream.reader.tensors[_head_name(stream)[0]].shape[0])
+    for v0, r0, logits in head_logits(stream, rows):
+        out[r0:r0 + logits.shape[0], v0:v0 + logits.shape[1]] = logits
+    return out
+
+
 @torch.inference_mode()
 def streamed_loglikelihoods(stream: BlockStream, requests: list[tuple[list[int], list[int]]], batch_size: int = 8,
                             progress: Progress | None = None) -> list[tuple[float, int, bool]]:
@@ -690,8 +747,6 @@ def streamed_loglikelihoods(stream: BlockStream, requests: list[tuple[list[int],
     Returns:
         ``(logprob_sum [nats], n_continuation_tokens, is_greedy)`` per request, in input order.
     """
-    from .sequential import run
-
     progress = ensure(progress)
     inputs_ids, targets = [], []
     for i, (ctx, cont) in enumerate(requests):
@@ -718,51 +773,27 @@ def streamed_loglikelihoods(stream: BlockStream, requests: list[tuple[list[int],
             att[b, :L] = 1
             where.extend((i, len(batches), b, p, t) for p, t in zip(range(L - C, L), targets[i]))
         batches.append((ids, att))
-    holder: dict = {}
-
-    def per_block(i, block, inputs) -> bool:
-        holder["inputs"] = inputs[0]
-        return False
-
-    run(stream.model, [batches], per_block, progress.sub(0, 0.85), "Evaluating,", source=stream)
-    final = _final_hidden(stream, batches, holder["inputs"])
+    final = streamed_hidden(stream, batches, progress.sub(0, 0.85))
     rows = torch.stack([final[bi][b, p] for _, bi, b, p, _ in where])  # [R, d]
     tgt = torch.tensor([t for *_, t in where], dtype=torch.long)
-    del final, holder
-    wname, bname = _head_name(stream)
-    cfgm = stream.config
-    cap = next((float(c.final_logit_softcapping) for c in (cfgm, getattr(cfgm, "text_config", None))
-                if c is not None and getattr(c, "final_logit_softcapping", None) is not None), None)
-    vocab = stream.reader.tensors[wname].shape[0]
+    del final
     R = rows.shape[0]
     lse = torch.full((R,), float("-inf"))
     tlog = torch.empty(R)
     best = torch.full((R,), float("-inf"))
     arg = torch.zeros(R, dtype=torch.long)
-    bias = stream.reader.read(bname, stream.dtype) if bname else None
-    chunks = list(range(0, vocab, HEAD_VOCAB_ROWS))
-    for n, v0 in enumerate(chunks):
-        progress.update(0.85 + 0.15 * n / len(chunks), 1, "Applying the LM head")
-        v1 = min(v0 + HEAD_VOCAB_ROWS, vocab)
-        W = stream.reader.read_slice(wname, v0, v1, stream.dtype).to(stream.device)
-        bb = bias[v0:v1].to(stream.device) if bias is not None else None
-        for r0 in range(0, R, HEAD_ROWS):
-            x = rows[r0:r0 + HEAD_ROWS].to(stream.device)
-            logits = (x @ W.t() if bb is None else torch.addmm(bb, x, W.t())).float()
-            if cap is not None:
-                logits = torch.tanh(logits / cap) * cap
-            logits = logits.cpu()
-            sl = slice(r0, r0 + x.shape[0])
-            lse[sl] = torch.logaddexp(lse[sl], torch.logsumexp(logits, 1))
-            t = tgt[sl]
-            inside = (t >= v0) & (t < v1)
-            if bool(inside.any()):
-                tlog[sl][inside] = logits[inside, t[inside] - v0]
-            m, a = logits.max(1)
-            better = m > best[sl]
-            best[sl] = torch.where(better, m, best[sl])
-            arg[sl] = torch.where(better, a + v0, arg[sl])
-        del W
+    for v0, r0, logits in head_logits(stream, rows, progress.sub(0.85, 1.0)):
+        sl = slice(r0, r0 + logits.shape[0])
+        v1 = v0 + logits.shape[1]
+        lse[sl] = torch.logaddexp(lse[sl], torch.logsumexp(logits, 1))
+        t = tgt[sl]
+        inside = (t >= v0) & (t < v1)
+        if bool(inside.any()):
+            tlog[sl][inside] = logits[inside, t[inside] - v0]
+        m, a = logits.max(1)
+        better = m > best[sl]
+        best[sl] = torch.where(better, m, best[sl])
+        arg[sl] = torch.where(better, a + v0, arg[sl])
     lp = (tlog - lse).double()
     greedy = arg == tgt
     acc: dict[int, list] = {}
