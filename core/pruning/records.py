@@ -38,7 +38,7 @@ def popcount(bits: np.ndarray) -> int:
 
 def pack_mask(mask: torch.Tensor) -> np.ndarray:
     """``[out, in]`` bool -> packed uint8 bits (row-major, most significant bit first)."""
-    return np.packbits(mask.detach().cpu().numpy().astype(bool).reshape(-1))
+    return np.packbits(mask.detach().cpu().numpy().astype(bool, copy=False).reshape(-1))
 
 
 def unpack_mask(packed: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
@@ -108,8 +108,8 @@ def apply_mask(module: nn.Module, mask: torch.Tensor) -> ModuleRecord:
     """Zero the masked weights of ``module`` in place and return what is needed to undo it."""
     w = weight_matrix(module)
     m = mask.to(w.device)
-    removed = w[m].cpu().clone()
-    w[m] = 0
+    removed = w[m].cpu()  # a new tensor (boolean indexing copies)
+    w.masked_fill_(m, 0)
     return ModuleRecord(pack_mask(m), tuple(w.shape), removed=removed)
 
 
