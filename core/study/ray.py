@@ -94,7 +94,10 @@ def run_cell_task(cfg_dict: dict, cell_id: str | None, dense_rows: list | None, 
         PolypruneError: the cell's id is not in the study (the study changed), or the cell's own errors.
     """
     import torch
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the driver shows the study's progress
+    hf_logging.set_verbosity_error()
     if os.path.isdir(cwd):
         os.chdir(cwd)  # relative paths of the study (data, calibration files) as the driver sees them
     torch.set_num_threads(max(1, threads))
