@@ -122,19 +122,8 @@ def peak_rss_bytes() -> int:
     return int(r if sys.platform == "darwin" else r * 1024)
 
 
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter of this process (Linux ≥ 4.0: ``/proc/self/clear_refs`` 5);
-    returns whether it worked. :func:`peak_rss_bytes` then counts from now on."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def peak_rss_now() -> int:
-    """``VmHWM`` of this process (bytes): the peak since start or since :func:`reset_peak_rss`."""
+    """``VmHWM`` of this process (bytes): its peak resident memory since it started."""
     try:
         with open("/proc/self/status") as fh:
             for line in fh:

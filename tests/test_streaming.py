@@ -228,8 +228,10 @@ def test_cli_prune_with_max_memory(tmp_path, capsys):
     path = sharded(tmp_path, "gemma3")
     text = tmp_path / "cal.txt"
     text.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    from test_study import small_flores
+    data = small_flores(tmp_path)
     common = ["prune", "--model", str(path), "--device", "cpu", "--calibration-text", str(text), "--samples", "5",
-              "--seq-len", "48", "--batch-size", "2", "--no-dense-eval"]
+              "--seq-len", "48", "--batch-size", "2", "--eval-ppl", "eng_Latn,fra_Latn", "--data", str(data)]
     assert main(common + ["--max-memory", "10kB", "--out", str(tmp_path / "small")]) == 2
     err = capsys.readouterr().err
     assert "too small" in err and "--max-memory" in err and not (tmp_path / "small").exists()
@@ -242,6 +244,15 @@ def test_cli_prune_with_max_memory(tmp_path, capsys):
     rep = json.loads((tmp_path / "streamed" / "report.json").read_text())
     assert rep["memory"]["budget_bytes"] == 10 ** 9 and rep["export"]["streamed"]
     assert rep["recipe"]["max_memory"] == "1GB"
+    # streamed FLORES perplexity (dense from the source, pruned from the new shards) = in memory
+    mem = json.loads((tmp_path / "memory" / "report.json").read_text())
+    assert len(rep["evaluation"]) == len(mem["evaluation"]) == 2
+    for r1, r2 in zip(rep["evaluation"], mem["evaluation"]):
+        assert r1["language"] == r2["language"]
+        for k in ("dense", "pruned"):
+            assert r1[k] == pytest.approx(r2[k], rel=1e-5)
+    assert main(common[:-4] + ["--eval-xnli", "en", "--max-memory", "1GB", "--out", str(tmp_path / "x")]) == 2
+    assert "FLORES perplexity only" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("family", FAMILIES)

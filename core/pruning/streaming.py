@@ -48,7 +48,7 @@ from ..calibration import CalibrationSet
 from ..checkpoint import NAMES, CheckpointReader, Lazy, ShardWriter, read_header, shard_name
 from ..errors import PolypruneError
 from ..fileio import check_free_space, check_output, dumps, output_folder
-from ..memory import MemoryPlan, format_size, parse_size, peak_rss_now, release_memory, reset_peak_rss, rss_bytes
+from ..memory import MemoryPlan, format_size, parse_size, peak_rss_now, release_memory, rss_bytes
 from ..models import DTYPES, base_model, find_blocks, prunable_linears, resolve_local, weight_matrix
 from ..progress import Progress, ensure
 from ..recipe import PruneConfig
@@ -466,8 +466,9 @@ def plan_memory(stream: BlockStream, cfg: PruneConfig | None, sets: list[Calibra
 @dataclass
 class StreamedPrune:
     """Outcome of :func:`prune_streamed`: the pruning result (masks only), the output folder, the
-    memory plan and what was measured (``peak_rss_bytes`` since the start of the call,
-    ``baseline_rss_bytes`` before it, ``block_seconds`` per block)."""
+    memory plan and what was measured (``peak_rss_bytes``: the process's peak resident memory so
+    far, ``VmHWM``; ``baseline_rss_bytes``: its resident memory when the call started — Python,
+    torch, transformers, tokenizer and calibration set; ``block_seconds`` per block)."""
 
     result: PruneResult
     path: Path
@@ -529,7 +530,6 @@ def prune_streamed(stream: BlockStream, cfg: PruneConfig, out: str | Path, *, ca
     for note in plan.notes:
         log("Note: " + note)
     baseline = rss_bytes()
-    reset_peak_rss()
     block_s: list[float] = []
     spill = None
     report = report if report is not None else {}
