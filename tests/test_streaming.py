@@ -8,7 +8,6 @@ before any tensor is read), a disk too small, an output folder that exists, a ca
 """
 from __future__ import annotations
 
-import math
 import shutil
 from collections import namedtuple
 

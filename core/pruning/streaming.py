@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from ..calibration import CalibrationSet
-from ..checkpoint import NAMES, CheckpointReader, Lazy, ShardWriter, read_header, shard_name
+from ..checkpoint import NAMES, CheckpointReader, Lazy, ShardWriter, read_header
 from ..errors import PolypruneError
 from ..fileio import check_free_space, check_output, dumps, output_folder
 from ..memory import MemoryPlan, format_size, parse_size, peak_rss_now, release_memory, rss_bytes
@@ -54,7 +54,7 @@ from ..progress import Progress, ensure
 from ..recipe import PruneConfig
 from . import prune as prune_model
 from .records import PruneResult
-from .sequential import BlockInputs, capture as capture_inputs, run_block
+from .sequential import BlockInputs, capture as capture_inputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -639,7 +639,7 @@ def _final_hidden(stream: BlockStream, batches: list, inputs: BlockInputs) -> li
         for b, (ids, att) in enumerate(batches):
             h = inputs.hidden[b]
 
-            def make(i: int):
+            def make(i: int, h: torch.Tensor = h):
                 def forward(*args, **kwargs):
                     x = args[0] if args else kwargs["hidden_states"]
                     v = h if i == last else x

@@ -24,6 +24,7 @@ same way; a worker uses ``num_cpus`` torch threads.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -135,7 +136,6 @@ def failed_cells(out: str | Path, cells: list[Cell]) -> dict[str, str]:
         p = cell_dir(out, c.id) / FAILED
         if p.is_file() and not (cell_dir(out, c.id) / "results.json").is_file():
             try:
-                import json
                 res[c.id] = json.loads(p.read_text(encoding="utf-8")).get("error", "")
             except (OSError, ValueError):
                 res[c.id] = "(unreadable failure note)"
