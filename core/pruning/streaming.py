@@ -402,9 +402,9 @@ def plan_memory(stream: BlockStream, cfg: PruneConfig | None, sets: list[Calibra
 
     The parts (bytes): the largest block in the compute dtype; the method's statistics over one
     block (Wanda: ``4·in`` per linear; SparseGPT: ``4·in²`` per linear, an upper bound since
-    q/k/v share one) and the working buffers of the largest linear (mask selection:
-    :data:`polyprune.pruning.masking.SELECT_BYTES_PER_WEIGHT` per weight of a row chunk plus the
-    mask and the removed values; SparseGPT: three float32 copies of the weight and three ``in²``
+    q/k/v share one) and the working buffers of the largest linear (two float32 score matrices,
+    :data:`polyprune.pruning.masking.SELECT_BYTES_PER_WEIGHT` per weight of a row chunk, the mask
+    and the removed values; SparseGPT: three float32 copies of the weight and three ``in²``
     matrices); the calibration activations ``N·L·d`` per set (or two batches when on disk); one
     batch's forward pass (input, output, MLP ``B·L·I·3``, attention scores ``B·H·L²`` float32);
     the block call arguments (position embeddings ``2·N·L·head_dim`` float32 and masks ``N·L²``
@@ -436,7 +436,8 @@ def plan_memory(stream: BlockStream, cfg: PruneConfig | None, sets: list[Calibra
         parts["SparseGPT working buffers"] = 3 * rows * cols * 4 * 3 + 3 * cols * cols * 4 + rows * cols
     elif method is not None:
         parts["statistics"] = max(sum(4 * s[1] for s in ls.values()) for ls in lin) * max(len(sets), 1)
-        parts["mask selection"] = min(SELECT_CHUNK_BYTES, rows * cols * SELECT_BYTES_PER_WEIGHT) + rows * cols * (1 + esz)
+        parts["scores and mask selection"] = (2 * 4 * rows * cols + min(SELECT_CHUNK_BYTES, rows * cols * SELECT_BYTES_PER_WEIGHT)
+                                              + rows * cols * (1 + esz))
     n_tok = sum(len(s) * int(s.input_ids.shape[1]) for s in sets)
     L = max((int(s.input_ids.shape[1]) for s in sets), default=1)
     B = min(batch_size, max((len(s) for s in sets), default=1))
