@@ -7,6 +7,7 @@ column index is removed first).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..errors import PolypruneError
@@ -65,7 +66,11 @@ def lowest_per_row(score: torch.Tensor, k: int) -> torch.Tensor:
     if score.is_floating_point() and bool(torch.isnan(score).any()):  # NaN sorts last: keep the sort's order
         idx = torch.sort(score, dim=1, stable=True)[1][:, :k]
         return torch.zeros_like(score, dtype=torch.bool).scatter_(1, idx, True)
-    thr = score.topk(k, dim=1, largest=False, sorted=False).values.amax(1, keepdim=True)
+    if score.device.type == "cpu" and score.dtype in (torch.float32, torch.float64):
+        # numpy's introselect finds the k-th smallest of each row several times faster than a top-k
+        thr = torch.from_numpy(np.partition(score.contiguous().numpy(), k - 1, axis=1)[:, k - 1:k])
+    else:
+        thr = score.topk(k, dim=1, largest=False, sorted=False).values.amax(1, keepdim=True)
     mask = score < thr
     eq = score == thr
     need = k - mask.sum(1, keepdim=True)

@@ -108,7 +108,10 @@ def apply_mask(module: nn.Module, mask: torch.Tensor) -> ModuleRecord:
     """Zero the masked weights of ``module`` in place and return what is needed to undo it."""
     w = weight_matrix(module)
     m = mask.to(w.device)
-    removed = w[m].cpu()  # a new tensor (boolean indexing copies)
+    if w.device.type == "cpu" and w.dtype != torch.bfloat16:  # numpy's boolean indexing is about twice as fast
+        removed = torch.from_numpy(w.numpy()[m.numpy()])  # a copy, in the same (row-major) order as w[m]
+    else:
+        removed = w[m].cpu()  # a new tensor (boolean indexing copies)
     w.masked_fill_(m, 0)
     return ModuleRecord(pack_mask(m), tuple(w.shape), removed=removed)
 
