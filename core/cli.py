@@ -336,7 +336,7 @@ def cmd_study(a) -> int:
     prog = tqdm_progress("study")
     log = lambda m: prog.bar.write(m, file=sys.stderr)  # noqa: E731
     try:
-        if a.ray is not None:  # --- block streaming / Ray (issue 15): one Ray task per cell
+        if a.ray is not None:  # --- studies on Ray (issue 15): one Ray task per cell
             from .study.ray import failed_cells, run_study_ray
             res = run_study_ray(cfg, a.ray or None, prog, log=log)
         else:
