@@ -137,7 +137,8 @@ def recipe_from_args(a) -> Recipe:
                   calibration_text=a.calibration_text, pruning=pruning,
                   features=FeatureConfig(enabled=getattr(a, "features", False)), evaluation=ev,
                   out=getattr(a, "out", None), overwrite=getattr(a, "overwrite", False),
-                  contrast={"kind": "text", "file": a.contrast_text} if getattr(a, "contrast_text", None) else None)
+                  contrast={"kind": "text", "file": a.contrast_text} if getattr(a, "contrast_text", None) else None,
+                  max_memory=getattr(a, "max_memory", None))
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,11 +316,23 @@ def cmd_study(a) -> int:
     if a.device:
         cfg.device = a.device
     prog = tqdm_progress("study")
+    log = lambda m: prog.bar.write(m, file=sys.stderr)  # noqa: E731
     try:
-        res = run_study(cfg, prog, log=lambda m: prog.bar.write(m, file=sys.stderr))
+        if a.ray is not None:  # --- studies on Ray (issue 15): one Ray task per cell
+            from .study.ray import failed_cells, run_study_ray
+            res = run_study_ray(cfg, a.ray or None, prog, log=log)
+        else:
+            res = run_study(cfg, prog, log=log)
     finally:
         prog.bar.close()
     print_summary(res.rows, res.agreement, paired=res.paired)
+    if a.ray is not None:
+        failed = failed_cells(res.out, res.cells)
+        for cid, msg in failed.items():
+            _log(f"Cell {cid} failed: {msg}")
+        if failed:
+            _log(f"{len(failed)} cell(s) failed (see cells/<id>/failed.json); run the study again to retry them")
+            return 1
     _log(f"\nWrote {res.out / 'results.csv'}, {res.out / 'results.jsonl'}, {res.out / 'paired.csv'} and "
          f"{res.out / 'mask_agreement.csv'}")
     return 0
@@ -373,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--owl-m", type=float, default=_P.owl_m, help="OWL outlier threshold M (times the mean score)")
     g.add_argument("--owl-lambda", type=float, default=_P.owl_lambda, help="OWL spread of layer sparsities (+/- lambda)")
     g.add_argument("--contrast-text", default=None, metavar="FILE", help="contrast set for wanda_refined (one sample per line)")
+    g.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="stream the model one block at a time within this memory budget (e.g. 4GB, 1.5GiB): "
+                        "for models larger than memory; refused up front when the budget cannot be met")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--features", action="store_true", help="also save feature magnitudes")
     add_eval_args(p)
@@ -434,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", action="store_true", help="only print the tables of an existing study folder")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow model code shipped with the checkpoint (a study file cannot switch this on)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run every cell as a Ray task: on the cluster at ADDRESS (host:port, ray://host:port, auto), "
+                        "or on a local Ray cluster started on this machine when no address is given")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("demo", help="run the built-in demo recipe headless (demo model, built-in demonstrations)")

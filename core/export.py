@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM
 from .errors import PolypruneError
 from .fileio import dumps, output_folder
 from .masks import save_masks
+from .models import DTYPES
 from .progress import Progress, ensure
 from .recipe import save_recipe
 
@@ -128,7 +129,11 @@ def check_finite(model) -> None:
     """
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            # in chunks: isfinite makes an |x| copy and two boolean maps (1 GB for Gemma 3's embedding at once)
+            flat = p.detach().reshape(-1)
+            step = 1 << 22
+            if p.is_floating_point() and not all(bool(torch.isfinite(flat[i:i + step]).all())
+                                                 for i in range(0, flat.numel(), step)):
                 raise PolypruneError(f"The model's weights {name} hold NaN or infinite values, so the export would be broken",
                                      "check the source checkpoint (it may be damaged) and the settings that produced "
                                      "this model; nothing was written")
@@ -237,11 +242,30 @@ CHECK_TEXT = "Polyprune checks the export: Bonjour, habari, 你好."
 
 @torch.inference_mode()
 def reload_compare(model, out_dir: str | Path, tokenizer, text: str = CHECK_TEXT) -> tuple[float, float]:
-    """Reload the export with ``AutoModelForCausalLM.from_pretrained`` and return ``(largest
-    absolute logit difference against model, largest absolute logit)`` on ``text``."""
+    """Read the export back and return ``(largest absolute logit difference against model, largest
+    absolute logit)`` on ``text``.
+
+    The export is read one block at a time (:func:`polyprune.pruning.streaming.streamed_logits`:
+    its config through ``AutoConfig``, a skeleton of the stock model class, every tensor matched by
+    name), so the check needs one block's memory instead of a second copy of the model (issue 15).
+    Checkpoints whose tensor names the streamed reader cannot match are reloaded whole with stock
+    ``AutoModelForCausalLM.from_pretrained`` instead."""
+    from .pruning.streaming import streamed_logits  # here: the streaming module writes through this one
+
     dev = next(model.parameters()).device
-    reloaded = AutoModelForCausalLM.from_pretrained(str(out_dir), dtype=next(model.parameters()).dtype).to(dev).eval()
-    ids = tokenizer(text, return_tensors="pt")["input_ids"].to(dev)
+    dtype = next(model.parameters()).dtype
+    names = {v: k for k, v in DTYPES.items()}
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    if dtype in names:
+        try:
+            b = streamed_logits(out_dir, ids[0], device=str(dev), dtype=names[dtype])
+        except PolypruneError:
+            pass  # names the streamed reader does not know: reload whole below
+        else:
+            a = model(input_ids=ids.to(dev)).logits.float()[0].cpu()
+            return float((a - b).abs().max()), float(a.abs().max())
+    reloaded = AutoModelForCausalLM.from_pretrained(str(out_dir), dtype=dtype).to(dev).eval()
+    ids = ids.to(dev)
     a = model(input_ids=ids).logits.float()
     b = reloaded(input_ids=ids).logits.float()
     del reloaded

@@ -107,7 +107,7 @@ def measure_features(loaded: LoadedModel, spec: dict, cfg: FeatureConfig, other_
 
 
 def prune_model(loaded: LoadedModel, recipe: Recipe, progress: Progress | None = None,
-                calibration: CalibrationSet | None = None) -> tuple[PruneResult, CalibrationSet | None]:
+                calibration: CalibrationSet | None = None, keep_dense: bool = True) -> tuple[PruneResult, CalibrationSet | None]:
     """Prune the loaded model in place as the recipe says (calibration and contrast sets built first).
 
     Returns:
@@ -132,7 +132,7 @@ def prune_model(loaded: LoadedModel, recipe: Recipe, progress: Progress | None =
                                  "in the recipe), or use the wanda method")
         contrast = build_calibration(loaded, spec, progress.sub(0.03, 0.05))
     check_memory(loaded, cfg, [c for c in (cal, contrast) if c is not None])
-    result = prune(loaded.model, cfg, cal, progress.sub(0.05, 1.0), contrast=contrast)
+    result = prune(loaded.model, cfg, cal, progress.sub(0.05, 1.0), contrast=contrast, keep_dense=keep_dense)
     return result, cal
 
 
@@ -268,6 +268,9 @@ def run(recipe: Recipe, progress: Progress | None = None, loaded: LoadedModel | 
         Cancelled: through ``progress``; the model is left dense and nothing is written.
     """
     progress = ensure(progress)
+    if recipe.max_memory is not None and loaded is None:  # block streaming (issue 15): never load it whole
+        from .pruning.streaming import run_streamed
+        return run_streamed(recipe, progress, log)
     t_start = time.perf_counter()
     torch.manual_seed(recipe.seed)
     out = check_recipe(recipe)
@@ -277,6 +280,7 @@ def run(recipe: Recipe, progress: Progress | None = None, loaded: LoadedModel | 
     report: dict = {"recipe": recipe.to_dict(), "seed": recipe.seed, "versions": versions()}
 
     t = time.perf_counter()
+    own_model = loaded is None  # a model loaded here is never needed dense again (issue 15: no removed values kept)
     if loaded is None:
         loaded = load_model(recipe.model, recipe.device, recipe.dtype, recipe.trust_remote_code, progress.sub(0, 0.1))
     if out is not None:
@@ -317,7 +321,7 @@ def run(recipe: Recipe, progress: Progress | None = None, loaded: LoadedModel | 
 
     t = time.perf_counter()
     log(f"Pruning: {recipe.pruning.method}, {recipe.pruning.pattern}, sparsity {recipe.pruning.sparsity}")
-    result, _ = prune_model(loaded, recipe, progress.sub(0.45, 0.6), calibration=cal)
+    result, _ = prune_model(loaded, recipe, progress.sub(0.45, 0.6), calibration=cal, keep_dense=not own_model)
     timings["prune_s"] = time.perf_counter() - t
     report["pruning"] = result.summary()
     log(f"Pruned in {result.seconds:.1f} s; sparsity over pruned layers {result.overall:.4f}")

@@ -345,6 +345,9 @@ class Recipe:
     the last step, ``slim`` (``slim``; :mod:`polyprune.slimming`), which writes its own smaller
     checkpoint instead of the plain export. The feature sections are plain mappings of their
     packages' settings (``HeadsConfig``, ``LensConfig``, ``SlimConfig``), checked when used.
+
+    ``max_memory`` (``"4GB"``) streams the model one block at a time within that budget
+    (:mod:`polyprune.pruning.streaming`) instead of loading it whole.
     """
 
     model: str = "demo"
@@ -368,6 +371,7 @@ class Recipe:
     subspaces: dict | None = None
     lens: dict | None = None
     slim: dict | None = None
+    max_memory: str | int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -35,7 +35,7 @@ from ..progress import Progress, ensure
 from ..recipe import PruneConfig
 from . import magnitude, owl, sparsegpt, wanda, wanda_refined
 from .records import ModuleRecord, PruneResult, dense_view, detach, reapply, restore
-from .sequential import Gathered, run, run_block
+from .sequential import BlockSource, Gathered, run, run_block
 
 __all__ = ["prune", "selected_modules", "METHODS", "PruneResult", "ModuleRecord", "restore", "detach", "reapply",
            "dense_view"]
@@ -61,7 +61,8 @@ def selected_modules(model: nn.Module, cfg: PruneConfig) -> list[dict[str, nn.Mo
 
 def prune(model: nn.Module, cfg: PruneConfig, calibration: CalibrationSet | None = None,
           progress: Progress | None = None, contrast: CalibrationSet | None = None,
-          outlier_ratios: list[float | None] | None = None) -> PruneResult:
+          outlier_ratios: list[float | None] | None = None, source: BlockSource | None = None,
+          keep_dense: bool = True) -> PruneResult:
     """Prune ``model`` in place.
 
     Args:
@@ -74,6 +75,13 @@ def prune(model: nn.Module, cfg: PruneConfig, calibration: CalibrationSet | None
         outlier_ratios: precomputed OWL ratios ``D_l`` per block (from
             :func:`polyprune.pruning.owl.outlier_ratios` on the same model and calibration set),
             e.g. shared by the cells of a study; computed here when ``None``.
+        source: block streaming (:class:`~polyprune.pruning.streaming.BlockStream`): ``model`` is a
+            skeleton whose blocks ``source`` opens (reads) and closes (writes, frees) one at a time;
+            the records then keep masks only (:meth:`ModuleRecord.drop_values`).
+        keep_dense: keep what is needed to give the dense weights back (restore, dense views,
+            cancel). ``False`` keeps masks only — for callers that discard the model afterwards
+            (the command line), it saves the removed values (half the pruned weights at 50%) or
+            SparseGPT's dense copies; a cancelled or failed call then leaves the model partly pruned.
 
     Returns:
         :class:`PruneResult` with masks per module and measured sparsities.
@@ -81,7 +89,8 @@ def prune(model: nn.Module, cfg: PruneConfig, calibration: CalibrationSet | None
     Raises:
         PolypruneError: invalid settings, a method without the calibration data it needs, a
             selection that prunes nothing.
-        Cancelled: the user cancelled; the model is then exactly as it was before the call.
+        Cancelled: the user cancelled; the model is then exactly as it was before the call
+            (streaming: the source checkpoint is never written).
     """
     prefix, blocks = find_blocks(model)
     cfg.validate(len(blocks))
@@ -102,12 +111,17 @@ def prune(model: nn.Module, cfg: PruneConfig, calibration: CalibrationSet | None
         raise PolypruneError("The skip settings leave no module to prune", "skip fewer modules or blocks")
     records: dict[str, ModuleRecord] = {}
     targets: list[float | None] = [cfg.sparsity if sel else None for sel in selected]
+
+    def done(i: int) -> None:  # streaming (the dense values stay on disk) or no way back asked for: masks only
+        if source is not None or not keep_dense:
+            for name in selected[i]:
+                records[name].drop_values()
     try:
         with torch.inference_mode():
             if cfg.layerwise == "owl":
                 if outlier_ratios is None:
                     outlier_ratios = owl.outlier_ratios(model, calibration, selected, cfg.owl_m, cfg.batch_size,
-                                                        progress.sub(0.0, 0.3))
+                                                        progress.sub(0.0, 0.3), source=source)
                     progress = progress.sub(0.3, 1.0)
                 if len(outlier_ratios) != len(blocks):
                     raise PolypruneError(f"{len(outlier_ratios)} OWL ratios given for {len(blocks)} blocks",
@@ -119,8 +133,13 @@ def prune(model: nn.Module, cfg: PruneConfig, calibration: CalibrationSet | None
             if not method.NEEDS_CALIBRATION or (cfg.sparsity == 0 and cfg.layerwise == "uniform"):
                 for i in range(len(blocks)):
                     progress.update(i, len(blocks), f"Pruning block {i + 1}/{len(blocks)}")
+                    if source is not None:
+                        source.open(i)
                     if selected[i]:
                         magnitude.prune_block(selected[i], None, targets[i], cfg, records)
+                    done(i)
+                    if source is not None:
+                        source.close(i)
                 progress.update(len(blocks), len(blocks), "Pruning done")
             else:
                 sets = [calibration] + ([contrast] if method.CONTRAST else [])
@@ -131,11 +150,13 @@ def prune(model: nn.Module, cfg: PruneConfig, calibration: CalibrationSet | None
                         gathered = [Gathered(run_block(block, i, inp, progress, method.attach, sel), inp.n_samples)
                                     for inp in inputs]
                         method.prune_block(sel, gathered, targets[i], cfg, records)
+                        done(i)
                     return False
 
-                run(model, [list(s.batches(cfg.batch_size)) for s in sets], per_block, progress)
+                run(model, [list(s.batches(cfg.batch_size)) for s in sets], per_block, progress, source=source)
     except BaseException:  # Cancelled, KeyboardInterrupt or a failure: leave the model as it was
-        restore(model, records)
+        if source is None and keep_dense:
+            restore(model, records)
         raise
     res = _result(prefix, len(blocks), records, cfg, calibration, time.perf_counter() - t0)
     res.target_sparsity = targets

@@ -34,7 +34,7 @@ from ..errors import PolypruneError
 from ..models import weight_matrix
 from ..progress import Progress, ensure
 from . import wanda
-from .sequential import Gathered, run, run_block
+from .sequential import BlockSource, Gathered, run, run_block
 
 
 def outlier_ratio(scores: list[torch.Tensor], m: float) -> float:
@@ -76,7 +76,8 @@ def allocate(ratios: list[float], sparsity: float, lam: float) -> list[float]:
 
 @torch.inference_mode()
 def outlier_ratios(model: nn.Module, calibration: CalibrationSet, selected: list[dict[str, nn.Module]],
-                   m: float = 5.0, batch_size: int = 8, progress: Progress | None = None) -> list[float | None]:
+                   m: float = 5.0, batch_size: int = 8, progress: Progress | None = None,
+                   source: BlockSource | None = None) -> list[float | None]:
     """``D_l`` for every block from one dense pass over ``calibration``.
 
     Args:
@@ -86,6 +87,7 @@ def outlier_ratios(model: nn.Module, calibration: CalibrationSet, selected: list
             (an empty dict: block not pruned, ratio ``None``).
         m: outlier threshold multiple ``M``.
         batch_size: samples per forward pass.
+        source: block streaming (see :func:`polyprune.pruning.prune`).
 
     Returns:
         ``[D_0, ..., D_{L-1}]`` (``None`` for blocks without pruned linears).
@@ -105,5 +107,5 @@ def outlier_ratios(model: nn.Module, calibration: CalibrationSet, selected: list
             out.append(None)
         return True
 
-    run(model, [list(calibration.batches(batch_size))], per_block, progress, "OWL outlier ratios,")
+    run(model, [list(calibration.batches(batch_size))], per_block, progress, "OWL outlier ratios,", source=source)
     return out

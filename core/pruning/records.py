@@ -38,7 +38,7 @@ def popcount(bits: np.ndarray) -> int:
 
 def pack_mask(mask: torch.Tensor) -> np.ndarray:
     """``[out, in]`` bool -> packed uint8 bits (row-major, most significant bit first)."""
-    return np.packbits(mask.detach().cpu().numpy().astype(bool).reshape(-1))
+    return np.packbits(mask.detach().cpu().numpy().astype(bool, copy=False).reshape(-1))
 
 
 def unpack_mask(packed: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
@@ -90,6 +90,11 @@ class ModuleRecord:
     def sparsity(self) -> float:
         return self.n_removed / self.numel if self.numel else 0.0
 
+    def drop_values(self) -> None:
+        """Keep only the mask (block streaming: the dense weights stay in the source checkpoint and
+        the pruned ones are in the output; nothing in memory can be restored or re-applied)."""
+        self.removed = self.original = self.kept = None
+
     def nbytes(self) -> int:
         """Bytes this record holds in memory (mask bits and kept values)."""
         n = self.packed.nbytes
@@ -103,8 +108,11 @@ def apply_mask(module: nn.Module, mask: torch.Tensor) -> ModuleRecord:
     """Zero the masked weights of ``module`` in place and return what is needed to undo it."""
     w = weight_matrix(module)
     m = mask.to(w.device)
-    removed = w[m].cpu().clone()
-    w[m] = 0
+    if w.device.type == "cpu" and w.dtype != torch.bfloat16:  # numpy's boolean indexing is about twice as fast
+        removed = torch.from_numpy(w.numpy()[m.numpy()])  # a copy, in the same (row-major) order as w[m]
+    else:
+        removed = w[m].cpu()  # a new tensor (boolean indexing copies)
+    w.masked_fill_(m, 0)
     return ModuleRecord(pack_mask(m), tuple(w.shape), removed=removed)
 
 

@@ -16,7 +16,7 @@ recorder that passes its input through, so no block computation runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -88,17 +88,19 @@ def _output_is_tuple(block: nn.Module, hidden: torch.Tensor, call: BlockCall) ->
 
 
 @torch.inference_mode()
-def capture(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> BlockInputs:
+def capture(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
+            device: torch.device | str | None = None) -> BlockInputs:
     """Record block 0's inputs and every block's call arguments for each batch.
 
     Args:
         model: a causal LM (its ``base_model`` is run, so the LM head is never computed).
         batches: ``[(input_ids [B, L], attention_mask [B, L])]`` on any device.
+        device: where the inputs go (default: the device of the model's first parameter).
 
     Returns:
         :class:`BlockInputs` with tensors on the model's device.
     """
-    device = next(model.parameters()).device
+    device = device if device is not None else next(model.parameters()).device
     _, blocks = find_blocks(model)
     base = base_model(model)
     hidden, calls = [], [[] for _ in blocks]
@@ -205,20 +207,37 @@ def run_block(block: nn.Module, i: int, inputs: BlockInputs, progress: Progress,
 PerBlock = Callable[[int, nn.Module, list[BlockInputs]], bool]
 
 
+class BlockSource(Protocol):
+    """Where the blocks' weights come from when they are not all in memory (block streaming,
+    :class:`polyprune.pruning.streaming.BlockStream`): ``capture`` replaces :func:`capture`,
+    ``open(i)`` makes block ``i``'s weights real (returns the block), ``close(i)`` writes and frees them."""
+
+    def capture(self, model: nn.Module, batches: list) -> BlockInputs: ...
+
+    def open(self, i: int) -> nn.Module: ...
+
+    def close(self, i: int) -> None: ...
+
+
 def run(model: nn.Module, batch_sets: list[list[tuple[torch.Tensor, torch.Tensor]]], per_block: PerBlock,
-        progress: Progress, what: str = "Pruning") -> None:
+        progress: Progress, what: str = "Pruning", source: BlockSource | None = None) -> None:
     """Capture block-0 inputs of each batch set, then for every block call
     ``per_block(i, block, inputs)`` and propagate the block's outputs to the next block.
 
     ``per_block`` returns True when it already moved the inputs to the block's outputs (a dense
-    pass that gathered statistics with ``update=True``), so the block is not run again.
+    pass that gathered statistics with ``update=True``), so the block is not run again. With a
+    ``source`` (block streaming) each block is opened before and closed after its turn.
     """
     _, blocks = find_blocks(model)
     progress.update(0, len(blocks) + 1, "Capturing block inputs")
-    inputs = [capture(model, batches) for batches in batch_sets]
+    inputs = [capture(model, batches) if source is None else source.capture(model, batches) for batches in batch_sets]
     for i, block in enumerate(blocks):
         progress.update(i, len(blocks), f"{what} block {i + 1}/{len(blocks)}")
+        if source is not None:
+            block = source.open(i)
         if not per_block(i, block, inputs):
             for inp in inputs:
                 run_block(block, i, inp, progress, update=True)
+        if source is not None:
+            source.close(i)
     progress.update(len(blocks), len(blocks), f"{what} done")

@@ -12,11 +12,44 @@ from typing import Any
 from ..calibration import normalize_spec
 from ..errors import PolypruneError
 from ..fileio import parse_settings, read_settings_file
+from ..memory import parse_size
 from ..recipe import EvalConfig, PruneConfig, settings_from_dict
 
 #: Bumped when the meaning of evaluation rows changes (2: harness metric names), so cells
 #: evaluated by an earlier version are evaluated again instead of mixing meanings.
 EVAL_VERSION = 2
+
+
+@dataclass
+class RayConfig:
+    """How a study runs on a Ray cluster (``ray:`` in a study file; used by ``polyprune study --ray``).
+
+    Attributes:
+        address: the cluster (``host:port``, ``ray://host:port`` or ``auto``); ``None``: the
+            address given to ``--ray``, else a local cluster started on this machine.
+        num_cpus: CPU cores each cell asks for (its torch threads).
+        num_gpus: GPUs each cell asks for (0: CPU only; a cell with a GPU runs on it).
+        memory: memory each cell asks for (``"16GB"``; ``None``: no request).
+        max_retries: times a cell is started again when its worker dies (a failing cell is not
+            retried: its error is recorded and the other cells go on).
+    """
+
+    address: str | None = None
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory: str | None = None
+    max_retries: int = 2
+
+    def validate(self) -> None:
+        """Raise :class:`PolypruneError` for a bad request."""
+        if not self.num_cpus > 0:
+            raise PolypruneError(f"ray.num_cpus {self.num_cpus} must be positive", "ask for at least a fraction of a core, e.g. 1")
+        if not self.num_gpus >= 0:
+            raise PolypruneError(f"ray.num_gpus {self.num_gpus} must not be negative", "use 0 for CPU-only cells, or e.g. 1")
+        if self.max_retries < 0:
+            raise PolypruneError(f"ray.max_retries {self.max_retries} must not be negative", "use e.g. 2")
+        if self.memory is not None:
+            parse_size(self.memory)
 
 
 @dataclass
@@ -40,6 +73,7 @@ class StudyConfig:
         reference: the cell masks are compared with: grid index, cell id, or a dict with any of
             ``calibration`` (label), ``method`` (label), ``sparsity``; default the first cell.
         out: output folder.
+        ray: :class:`RayConfig`, per-cell requests when the study runs on Ray (never part of a cell id).
     """
 
     model: str = "demo"
@@ -57,6 +91,7 @@ class StudyConfig:
     evaluation: dict = field(default_factory=dict)
     reference: Any = None
     out: str = "runs/study"
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -61,7 +61,7 @@ def _fingerprint(model) -> dict[str, float]:
 
 
 def run_study(cfg: StudyConfig, progress: Progress | None = None, log: Callable[[str], None] = print,
-              loaded=None, evaluate_fn: EvaluateFn | None = None) -> StudyResult:
+              loaded=None, evaluate_fn: EvaluateFn | None = None, runner: Callable | None = None) -> StudyResult:
     """Run (or resume) a study; see the module docstring.
 
     Args:
@@ -72,6 +72,9 @@ def run_study(cfg: StudyConfig, progress: Progress | None = None, log: Callable[
         evaluate_fn: ``evaluate_fn(loaded, eval_config, progress) -> [records]`` where a record has
             ``task, language, metric, value, n`` (:class:`~polyprune.evaluation.Result`);
             default :func:`default_evaluate`.
+        runner: what runs the unfinished cells, with :func:`run_cells`'s arguments and result
+            (default :func:`run_cells`, one after another in this process; :class:`~polyprune.study.ray.RayRunner`
+            runs each cell as a Ray task). It fills ``done`` as cells finish.
 
     Returns:
         :class:`StudyResult`.
@@ -121,8 +124,8 @@ def run_study(cfg: StudyConfig, progress: Progress | None = None, log: Callable[
 
     try:
         if todo or dense_rows is None:
-            ran = _run_cells(cfg, cells, todo, ev, eval_sig, out, done, progress, log, loaded, evaluate_fn,
-                             dense_rows)
+            ran = (runner or run_cells)(cfg, cells, todo, ev, eval_sig, out, done, progress, log, loaded, evaluate_fn,
+                                        dense_rows)
     finally:
         rows = collect_rows()
         write_tables(out, rows)
@@ -153,7 +156,11 @@ def study_status(cfg: StudyConfig) -> tuple[list[Cell], set[str]]:
     return cells, {c.id for c in cells if out.is_dir() and finished_rows(out, c.id, eval_sig) is not None}
 
 
-def _run_cells(cfg, cells, todo, ev, eval_sig, out, done, progress, log, loaded, evaluate_fn, dense_rows) -> list[str]:
+def run_cells(cfg, cells, todo, ev, eval_sig, out, done, progress, log, loaded, evaluate_fn, dense_rows) -> list[str]:
+    """Evaluate the dense model (when ``dense_rows`` is ``None`` and evaluation is on) and run the
+    cells ``todo`` one after another on one model, writing each cell's folder as it finishes and
+    recording its rows in ``done``; returns the ids of the cells run. The model is loaded here
+    when ``loaded`` is ``None``."""
     if evaluate_fn is None:
         evaluate_fn = default_evaluate
     torch.manual_seed(cfg.seed)

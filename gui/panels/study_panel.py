@@ -124,9 +124,26 @@ class StudyPanel(QWidget):
         run_row.addWidget(self.show_btn)
         run_row.addStretch(1)
 
+        # --- Ray (issue 15): run every cell as a Ray task ----------------------------------
+        self.use_ray = QCheckBox("Run cells on Ray")
+        self.use_ray.setToolTip("Run every cell as a Ray task (pip install 'polyprune[cluster]'): on the cluster at "
+                                "the address, or on a local Ray cluster on this machine when the address is empty. "
+                                "Per-cell CPUs, GPUs and memory come from the study's ray: settings")
+        self.ray_address = QLineEdit()
+        self.ray_address.setPlaceholderText("Ray address (host:port); empty: a local cluster")
+        self.ray_address.setEnabled(False)
+        self.use_ray.toggled.connect(self.ray_address.setEnabled)
+        if hasattr(ctx, "settings"):
+            self.use_ray.setChecked(str(ctx.settings.value("study/ray", "false")).lower() == "true")
+            self.ray_address.setText(str(ctx.settings.value("study/ray_address", "") or ""))
+        ray_row = QHBoxLayout()
+        ray_row.addWidget(self.use_ray)
+        ray_row.addWidget(self.ray_address, 1)
+
         form = QFormLayout()
         form.setLabelAlignment(Qt.AlignRight)
         form.addRow("Output folder", out_row)
+        form.addRow("Cluster", ray_row)
         left = QVBoxLayout()
         left.addLayout(file_row)
         left.addWidget(self.editor, 1)
@@ -292,7 +309,15 @@ class StudyPanel(QWidget):
         bridge = self._bridge
         self._running_cfg = cfg
 
+        use_ray, address = self.use_ray.isChecked(), self.ray_address.text().strip() or None
+        if hasattr(self.ctx, "settings"):
+            self.ctx.settings.setValue("study/ray", use_ray)
+            self.ctx.settings.setValue("study/ray_address", address or "")
+
         def job(progress):
+            if use_ray:
+                from polyprune.study.ray import run_study_ray
+                return run_study_ray(cfg, address, progress, log=bridge.line.emit)
             return run_study(cfg, progress, log=bridge.line.emit)
 
         def done(res):
