@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import PolypruneError
+from .languages import resolve_language
 
 HUB_DATASET = "openlanguagedata/flores_plus"
 FLORES_SPLITS = ("dev", "devtest")
@@ -109,8 +110,6 @@ def read_flores(root: str | Path, code: str, split: str = "dev", limit: int | No
     Raises:
         PolypruneError: folder or file missing, or an empty file.
     """
-    from .languages import resolve_language
-
     folder = flores_dir(root)
     f = flores_file(folder, split, code)
     if f is None:
@@ -390,8 +389,6 @@ def language_texts(source: str, lang: str, n: int, split: str = "dev") -> list[s
         PolypruneError: an unknown language, ``n < 1``, or fewer sentences than ``n`` (the count is
             named).
     """
-    from .languages import resolve_language
-
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise PolypruneError(f"The number of sentences must be a positive integer (got {n!r})",
                              "ask for at least 1 sentence per language")

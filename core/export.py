@@ -245,12 +245,12 @@ def reload_compare(model, out_dir: str | Path, tokenizer, text: str = CHECK_TEXT
     """Read the export back and return ``(largest absolute logit difference against model, largest
     absolute logit)`` on ``text``.
 
-    The export is read one block at a time (:func:`polyprune.pruning.streaming.streamed_logits`:
+    The export is read one block at a time (:func:`polyprune.evaluation.streamed.streamed_logits`:
     its config through ``AutoConfig``, a skeleton of the stock model class, every tensor matched by
     name), so the check needs one block's memory instead of a second copy of the model (issue 15).
     Checkpoints whose tensor names the streamed reader cannot match are reloaded whole with stock
     ``AutoModelForCausalLM.from_pretrained`` instead."""
-    from .pruning.streaming import streamed_logits  # here: the streaming module writes through this one
+    from .evaluation.streamed import streamed_logits  # here: streaming writes its checkpoints through this module
 
     dev = next(model.parameters()).device
     dtype = next(model.parameters()).dtype

@@ -30,6 +30,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+import yaml
+
+from . import __version__
 from .errors import PolypruneError
 
 #: Marker file inside every folder Polyprune writes (JSON: tool, version, kind, created).
@@ -97,7 +100,6 @@ def dumps(obj: Any, indent: int | None = 2) -> str:
 
 def signature(kind: str) -> dict:
     """The object stored under :data:`JSON_SIGNATURE` in JSON files Polyprune writes."""
-    from . import __version__
     return {"kind": kind, "version": __version__}
 
 
@@ -189,8 +191,6 @@ def parse_settings(text: str, where: str, json_only: bool = False) -> Any:
     Raises:
         PolypruneError: a syntax error, with its line.
     """
-    import yaml
-
     try:
         if json_only:
             return json.loads(text) if text.strip() else None
@@ -339,7 +339,6 @@ def clean_stale(parent: Path, name: str, log: Callable[[str], None] | None = Non
 
 def write_marker(folder: Path, kind: str, complete: bool = True, extra: dict | None = None) -> None:
     """Write the marker file that makes ``folder`` a Polyprune output."""
-    from . import __version__
     body = {"written_by": "polyprune", "version": __version__, "kind": kind, "complete": complete,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")} | (extra or {})
     (folder / MARKER).write_text(dumps(body) + "\n", encoding="utf-8")

@@ -8,6 +8,7 @@ callback is rate-limited so a fast loop cannot flood a GUI event queue.
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import Callable
@@ -79,8 +80,6 @@ def ensure(progress: Progress | None) -> Progress:
 
 def tqdm_progress(desc: str) -> Progress:
     """A :class:`Progress` drawing a tqdm bar on stderr (for the command line); the bar is ``.bar``."""
-    import sys
-
     from tqdm import tqdm
 
     bar = tqdm(total=1000, desc=desc, file=sys.stderr, leave=True, dynamic_ncols=True,

@@ -24,6 +24,8 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import yaml
+
 from .errors import PolypruneError
 from .fileio import atomic_write_text, dumps, read_settings_file
 from .settings import check_value, settings_from_dict
@@ -472,8 +474,6 @@ def resolve_paths(recipe: Recipe, base: Path) -> None:
 
 def save_recipe(recipe: Recipe, path: str | Path) -> Path:
     """Write a recipe as JSON or YAML (by suffix), atomically."""
-    import yaml
-
     p = Path(path).expanduser()
     d = recipe.to_dict()
     text = dumps(d) if p.suffix.lower() == ".json" else yaml.safe_dump(d, sort_keys=False, allow_unicode=True)

@@ -22,8 +22,9 @@ from polyprune.memory import format_size, parse_size
 from polyprune.models import load_model
 from polyprune.progress import Progress
 from polyprune.pruning import prune
-from polyprune.pruning.streaming import (Activations, BlockStream, plan_memory, prune_streamed,
-                                         streamed_loglikelihoods)
+from polyprune.evaluation.streamed import streamed_loglikelihoods
+from polyprune.pruning.stream_source import Activations, BlockStream
+from polyprune.pruning.streaming import plan_memory, prune_streamed
 from polyprune.recipe import PruneConfig
 from transformers import AutoModelForCausalLM
 
@@ -257,7 +258,7 @@ def test_cli_prune_with_max_memory(tmp_path, capsys):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_streamed_logits_and_reload_check(tmp_path, family):
     from polyprune.export import reload_check
-    from polyprune.pruning.streaming import streamed_logits
+    from polyprune.evaluation.streamed import streamed_logits
 
     path = sharded(tmp_path, family)
     model = AutoModelForCausalLM.from_pretrained(path).eval()

@@ -75,7 +75,7 @@ def prune(model: nn.Module, cfg: PruneConfig, calibration: CalibrationSet | None
         outlier_ratios: precomputed OWL ratios ``D_l`` per block (from
             :func:`polyprune.pruning.owl.outlier_ratios` on the same model and calibration set),
             e.g. shared by the cells of a study; computed here when ``None``.
-        source: block streaming (:class:`~polyprune.pruning.streaming.BlockStream`): ``model`` is a
+        source: block streaming (:class:`~polyprune.pruning.stream_source.BlockStream`): ``model`` is a
             skeleton whose blocks ``source`` opens (reads) and closes (writes, frees) one at a time;
             the records then keep masks only (:meth:`ModuleRecord.drop_values`).
         keep_dense: keep what is needed to give the dense weights back (restore, dense views,

@@ -209,7 +209,7 @@ PerBlock = Callable[[int, nn.Module, list[BlockInputs]], bool]
 
 class BlockSource(Protocol):
     """Where the blocks' weights come from when they are not all in memory (block streaming,
-    :class:`polyprune.pruning.streaming.BlockStream`): ``capture`` replaces :func:`capture`,
+    :class:`polyprune.pruning.stream_source.BlockStream`): ``capture`` replaces :func:`capture`,
     ``open(i)`` makes block ``i``'s weights real (returns the block), ``close(i)`` writes and frees them."""
 
     def capture(self, model: nn.Module, batches: list) -> BlockInputs: ...

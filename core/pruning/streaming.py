@@ -33,7 +33,6 @@ the activations stay in CPU memory (or on disk).
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 import time
@@ -42,350 +41,33 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
 
-from ..calibration import CalibrationSet
-from ..checkpoint import NAMES, CheckpointReader, Lazy, ShardWriter, read_header
+from ..calibration import CalibrationSet, build
+from ..checkpoint import ShardWriter, read_header
+from ..datasets import data_dir as resolve_data_dir
+from ..datasets import default_data_dir
 from ..errors import PolypruneError
+from ..evaluation import compare
+from ..evaluation.streamed import streamed_flores_perplexity
+from ..export import CARD_NAME, CONFIG_NAME, model_card, write_report_folder
 from ..fileio import check_free_space, check_output, dumps, output_folder
-from ..memory import MemoryPlan, format_size, parse_size, peak_rss_now, release_memory, rss_bytes
-from ..models import DTYPES, base_model, find_blocks, prunable_linears, resolve_local, weight_matrix
+from ..masks import model_signature, save_masks
+from ..memory import MemoryPlan, format_size, parse_size, peak_rss_now, rss_bytes
+from ..models import (
+    DEMO_META,
+    DEMO_NAME,
+    DEMO_SPEC,
+    model_info,
+    prunable_linears,
+    weight_matrix,
+)
+from ..pipeline import calibration_report, check_recipe, versions
 from ..progress import Progress, ensure
 from ..recipe import PruneConfig
 from . import prune as prune_model
+from .masking import SELECT_BYTES_PER_WEIGHT, SELECT_CHUNK_BYTES
 from .records import PruneResult
-from .sequential import BlockInputs, capture as capture_inputs
-
-
-# --------------------------------------------------------------------------------------------
-# activations
-# --------------------------------------------------------------------------------------------
-class Activations:
-    """Hidden states ``[B, L, d]`` per batch, kept off the compute device: in CPU memory, or in
-    files of ``folder`` (spilled to disk). Reading one (``acts[b]``, iteration) gives it on
-    ``device``; assigning one stores it. Stands in for the list ``BlockInputs.hidden``.
-    """
-
-    def __init__(self, device: str | torch.device = "cpu", folder: Path | None = None):
-        self.device = torch.device(device)
-        self.folder = Path(folder) if folder is not None else None
-        self.items: list = []
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def append(self, t: torch.Tensor) -> None:
-        self.items.append(None)
-        self[len(self.items) - 1] = t
-
-    def __setitem__(self, b: int, t: torch.Tensor) -> None:
-        t = t.detach()
-        if self.folder is None:
-            self.items[b] = t if t.device.type == "cpu" else t.to("cpu")
-            return
-        path = self.folder / f"{id(self):x}-{b}.bin"
-        t = t.to("cpu").contiguous()
-        with open(path, "wb") as fh:
-            fh.write(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
-        self.items[b] = (path, tuple(t.shape), t.dtype)
-
-    def __getitem__(self, b: int) -> torch.Tensor:
-        item = self.items[b]
-        if isinstance(item, torch.Tensor):
-            return item if self.device.type == "cpu" else item.to(self.device)
-        path, shape, dtype = item
-        t = torch.empty(shape, dtype=dtype)
-        if t.numel():
-            with open(path, "rb", buffering=0) as fh:
-                view = memoryview(t.reshape(-1).view(torch.uint8).numpy())
-                got = 0
-                while got < len(view):
-                    got += fh.readinto(view[got:])
-        return t if self.device.type == "cpu" else t.to(self.device)
-
-    def __iter__(self):
-        for b in range(len(self.items)):
-            yield self[b]
-
-    @property
-    def nbytes(self) -> int:
-        total = 0
-        for item in self.items:
-            if isinstance(item, torch.Tensor):
-                total += item.numel() * item.element_size()
-        return total
-
-
-# --------------------------------------------------------------------------------------------
-# the skeleton and its block source
-# --------------------------------------------------------------------------------------------
-def build_skeleton(config, dtype: torch.dtype, trust_remote_code: bool = False) -> nn.Module:
-    """The causal LM of ``config`` with every parameter on ``meta`` (no memory, no initialisation
-    work) and its buffers (rotary tables, embedding scales) real, in eval mode."""
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
-
-    with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
-    return model.eval()
-
-
-class CompactEmbedding(nn.Module):
-    """The model's input embedding with only the rows of ``ids`` (sorted, unique) in memory: token
-    ``t`` is looked up as row ``searchsorted(ids, t)`` of the same module, so scales and any other
-    arithmetic of the embedding module apply unchanged."""
-
-    def __init__(self, inner: nn.Module, ids: torch.Tensor, rows: torch.Tensor):
-        super().__init__()
-        self.inner = inner
-        self.ids = ids
-        self.saved = (inner._parameters["weight"], getattr(inner, "padding_idx", None))
-        inner._parameters["weight"] = nn.Parameter(rows, requires_grad=False)
-        if hasattr(inner, "padding_idx"):
-            inner.padding_idx = None  # an index into the full matrix; it only affects gradients
-
-    def forward(self, input_ids: torch.Tensor, *args, **kwargs):
-        return self.inner(torch.searchsorted(self.ids, input_ids.to(self.ids.device).contiguous()), *args, **kwargs)
-
-    def release(self) -> nn.Module:
-        """Put the full (meta) weight back into the wrapped module and return it."""
-        self.inner._parameters["weight"], pad = self.saved
-        if hasattr(self.inner, "padding_idx"):
-            self.inner.padding_idx = pad
-        return self.inner
-
-
-def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
-    path, _, leaf = name.rpartition(".")
-    mod = model.get_submodule(path) if path else model
-    if leaf in mod._parameters:
-        mod._parameters[leaf] = nn.Parameter(value, requires_grad=False)
-    else:
-        mod._buffers[leaf] = value
-
-
-def _get_tensor(model: nn.Module, name: str) -> torch.Tensor:
-    path, _, leaf = name.rpartition(".")
-    mod = model.get_submodule(path) if path else model
-    t = mod._parameters.get(leaf)
-    return (t if t is not None else mod._buffers[leaf]).detach()
-
-
-class BlockStream:
-    """A checkpoint's causal LM with one block in memory at a time (see the module docstring).
-
-    Args:
-        folder: a local Hugging Face folder with safetensors weights.
-        device: where blocks run (``cpu``, ``cuda[:N]``, ``mps``).
-        dtype: the compute dtype (``float32``, ``bfloat16``, ``float16``); tensors are cast on read.
-        trust_remote_code: as :func:`polyprune.models.load_model`.
-        spill: a folder for activations that do not fit in memory (``None``: keep them in memory).
-
-    Attributes:
-        model: the skeleton (meta parameters); pass it to :func:`polyprune.pruning.prune` with
-            ``source=self``.
-        writer: a :class:`~polyprune.checkpoint.ShardWriter`; when set, ``close(i)`` writes block
-            ``i`` to shard ``i + 1`` (shard ``n_blocks + 1`` holds everything else).
-
-    Raises:
-        PolypruneError: no config or no safetensors weights, or tensor names the skeleton cannot
-            be matched with.
-    """
-
-    def __init__(self, folder: str | Path, device: str = "cpu", dtype: str = "float32",
-                 trust_remote_code: bool = False, spill: Path | None = None):
-        from transformers import AutoConfig
-
-        self.folder = Path(folder)
-        self.reader = CheckpointReader(self.folder)
-        try:
-            self.config = AutoConfig.from_pretrained(str(self.folder), trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as e:
-            raise PolypruneError(f"Could not read the model config in {self.folder}: {str(e).splitlines()[0]}",
-                                 "check that config.json is a valid Hugging Face config") from None
-        if dtype not in DTYPES:
-            raise PolypruneError(f"Unknown dtype {dtype!r}", f"use one of {', '.join(DTYPES)}")
-        self.dtype_name = dtype
-        self.dtype = DTYPES[dtype]
-        self.device = torch.device(device)
-        self.trust_remote_code = trust_remote_code
-        self.model = build_skeleton(self.config, self.dtype, trust_remote_code)
-        self.prefix, self.blocks = find_blocks(self.model)
-        self.spill = spill
-        self.writer: ShardWriter | None = None
-        self._open: set[int] = set()
-        self._opened_at: dict[int, float] = {}
-        #: Seconds from reading to freeing each block, in the order blocks were closed.
-        self.block_seconds: list[float] = []
-        self._tokenizer = None
-        self._map_names()
-        for mod in self.model.modules():  # real buffers (rotary tables, scales) go to the device once
-            for k, b in list(mod._buffers.items()):
-                if b is not None and b.device.type != "meta" and b.device != self.device:
-                    mod._buffers[k] = b.to(self.device)
-
-    # -- names ---------------------------------------------------------------------------
-    def _map_names(self) -> None:
-        """``self.names``: model tensor name -> checkpoint name, for every parameter and persistent
-        buffer found in the checkpoint (with or without the base-model prefix; tied parameters
-        resolve to the tensor they share)."""
-        state = self.model.state_dict(keep_vars=True)
-        pre = getattr(self.model, "base_model_prefix", "") or ""
-        names: dict[str, str] = {}
-        for k in state:
-            cands = [k]
-            if pre and k.startswith(pre + "."):
-                cands.append(k[len(pre) + 1:])
-            elif pre:
-                cands.append(f"{pre}.{k}")
-            hit = next((c for c in cands if c in self.reader), None)
-            if hit is not None:
-                names[k] = hit
-        by_obj: dict[int, str] = {}
-        for k, v in state.items():
-            if k in names:
-                by_obj.setdefault(id(v), names[k])
-        params = {k for k, _ in self.model.named_parameters(remove_duplicate=False)}
-        for k, v in state.items():
-            if k not in names and id(v) in by_obj:
-                names[k] = by_obj[id(v)]  # tied (e.g. the LM head and the embedding)
-        self.names = names
-        self.block_keys: list[list[str]] = []
-        for i in range(len(self.blocks)):
-            p = f"{self.prefix}.{i}."
-            keys = [k for k in state if k.startswith(p)]
-            missing = [k for k in keys if k in params and k not in names]
-            if missing:
-                raise PolypruneError(f"Block streaming cannot find {missing[0]} in the checkpoint {self.folder} "
-                                     f"({type(self.model).__name__} stores its tensors under other names)",
-                                     "run without --max-memory (the model is then loaded whole)")
-            self.block_keys.append([k for k in keys if k in names])
-        in_blocks = {k for ks in self.block_keys for k in ks}
-        base = base_model(self.model)
-        base_path = next((n for n, m in self.model.named_modules() if m is base), "")
-        emb = self.model.get_input_embeddings()
-        self.embedding_key = next(k for k, v in state.items() if v is emb.weight)
-        if self.embedding_key not in names:
-            raise PolypruneError(f"Block streaming cannot find the input embedding {self.embedding_key} in {self.folder}",
-                                 "run without --max-memory (the model is then loaded whole)")
-        bp = base_path + "." if base_path else ""
-        self.pre_keys = [k for k in state if k.startswith(bp) and k not in in_blocks and k != self.embedding_key
-                         and k in names]
-        self.block_ckpt = [sorted({names[k] for k in ks}) for ks in self.block_keys]
-        used = {c for cs in self.block_ckpt for c in cs}
-        self.rest_ckpt = [c for c in self.reader.tensors if c not in used]
-
-    @property
-    def tokenizer(self):
-        """The checkpoint's tokenizer (a pad token set as :func:`polyprune.models.load_model` does)."""
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
-            try:
-                tok = AutoTokenizer.from_pretrained(str(self.folder), trust_remote_code=self.trust_remote_code)
-            except (OSError, ValueError) as e:
-                raise PolypruneError(f"Could not load the tokenizer in {self.folder}: {e}",
-                                     "save the tokenizer in the model folder (tokenizer.json or tokenizer.model)") from None
-            if tok.pad_token_id is None:
-                tok.pad_token = tok.eos_token
-            self._tokenizer = tok
-        return self._tokenizer
-
-    # -- tensors -------------------------------------------------------------------------
-    def _load(self, key: str) -> None:
-        t = self.reader.read(self.names[key], self.dtype, self.device)
-        _set_tensor(self.model, key, t)
-
-    def _unload(self, key: str) -> None:
-        t = _get_tensor(self.model, key)
-        _set_tensor(self.model, key, torch.empty(t.shape, dtype=t.dtype, device="meta"))
-
-    def block_bytes(self, i: int) -> int:
-        """Bytes of block ``i``'s tensors in the compute dtype."""
-        return self.reader.nbytes(self.block_ckpt[i], self.dtype)
-
-    # -- BlockSource ---------------------------------------------------------------------
-    def capture(self, model: nn.Module, batches: list) -> BlockInputs:
-        """Block 0's inputs and every block's call arguments (:func:`~polyprune.pruning.sequential.capture`)
-        with only the calibration tokens' embedding rows in memory; hidden states in an
-        :class:`Activations` store."""
-        emb = self.model.get_input_embeddings()
-        ids = torch.unique(torch.cat([b[0].reshape(-1) for b in batches]))
-        rows = self.reader.read_rows(self.names[self.embedding_key], ids, self.dtype).to(self.device)
-        for k in self.pre_keys:
-            self._load(k)
-        compact = CompactEmbedding(emb, ids.to(self.device), rows)
-        self.model.set_input_embeddings(compact)
-        self.open(0)
-        try:
-            inputs = capture_inputs(self.model, batches, device=self.device)
-        finally:
-            self.model.set_input_embeddings(compact.release())
-            for k in self.pre_keys:
-                self._unload(k)
-            del compact, rows
-        store = Activations(self.device, self.spill)
-        for h in inputs.hidden:
-            store.append(h)
-        inputs.hidden = store  # type: ignore[assignment]
-        release_memory(str(self.device))
-        return inputs
-
-    def open(self, i: int) -> nn.Module:
-        """Read block ``i`` onto the device (idempotent) and return it."""
-        if i not in self._open:
-            self._opened_at[i] = time.perf_counter()
-            for k in self.block_keys[i]:
-                self._load(k)
-            self._open.add(i)
-        return self.blocks[i]
-
-    def close(self, i: int) -> None:
-        """Write block ``i`` to its shard (when writing) and free its tensors."""
-        if self.writer is not None:
-            tensors = {}
-            for k in self.block_keys[i]:
-                c = self.names[k]
-                if c not in tensors:
-                    tensors[c] = _get_tensor(self.model, k).to("cpu")
-            self.writer.write(i + 1, dict(sorted(tensors.items())))
-            del tensors
-        for k in self.block_keys[i]:
-            self._unload(k)
-        self._open.discard(i)
-        release_memory(str(self.device))
-        if i in self._opened_at:
-            self.block_seconds.append(time.perf_counter() - self._opened_at.pop(i))
-
-    # -- output --------------------------------------------------------------------------
-    def write_rest(self) -> None:
-        """Copy every tensor outside the blocks (embeddings, final norm, LM head, ...) to the last
-        shard, cast to the compute dtype, piece by piece."""
-        n = len(self.blocks) + 1
-        lazy = {}
-        for c in sorted(self.rest_ckpt):
-            info = self.reader.tensors[c]
-            dt = self.dtype if info.torch_dtype.is_floating_point else info.torch_dtype
-            lazy[c] = Lazy(NAMES[dt], info.shape, lambda fh, c=c: self.reader.copy_to(c, fh, self.dtype))
-        self.writer.write(n, lazy)
-
-    def output_bytes(self) -> int:
-        """Bytes of the output checkpoint (every tensor in the compute dtype)."""
-        return self.reader.nbytes(None, self.dtype)
-
-
-def open_stream(spec: str, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False,
-                progress: Progress | None = None) -> BlockStream:
-    """A :class:`BlockStream` for a model spec (``demo``, a local folder, a ``.gguf`` file converted
-    once; see :mod:`polyprune.models`). Reads only the config and the shard headers.
-
-    Raises:
-        PolypruneError: a hub id (download it first), no safetensors weights, unknown names.
-    """
-    folder = resolve_local(spec, progress)
-    if folder is None:
-        raise PolypruneError(f"Block streaming reads local checkpoints, and {spec!r} is a hub id",
-                             "download the model to a folder first (e.g. huggingface-cli download) and give that folder")
-    return BlockStream(folder, device, dtype, trust_remote_code)
+from .stream_source import BlockStream, open_stream
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,7 +99,6 @@ def plan_memory(stream: BlockStream, cfg: PruneConfig | None, sets: list[Calibra
         PolypruneError: when even with activations on disk the plan exceeds ``budget`` (the
             message says what it would take).
     """
-    from .masking import SELECT_BYTES_PER_WEIGHT, SELECT_CHUNK_BYTES
 
     cfgm = stream.config
     text = cfgm.get_text_config() if hasattr(cfgm, "get_text_config") else cfgm
@@ -590,8 +271,6 @@ def _write_config(stream: BlockStream, folder: Path) -> None:
 
 def _write_reports(stream: BlockStream, tmp: Path, res: PruneResult, report: dict, sp: StreamedPrune,
                    write_more) -> None:
-    from ..export import CARD_NAME, CONFIG_NAME, model_card
-    from ..masks import model_signature, save_masks
 
     report["pruning"] = res.summary()
     report["memory"] = sp.memory_report()
@@ -609,254 +288,6 @@ def _write_reports(stream: BlockStream, tmp: Path, res: PruneResult, report: dic
 
 
 # --------------------------------------------------------------------------------------------
-# streamed evaluation: perplexity without the model in memory
-# --------------------------------------------------------------------------------------------
-#: Rows of scored positions sent through the LM head at once.
-HEAD_ROWS = 2048
-#: Vocabulary rows of the LM head read at once (bounds the float32 logits to ``HEAD_ROWS x 4096``).
-HEAD_VOCAB_ROWS = 4096
-
-
-def _final_hidden(stream: BlockStream, batches: list, inputs: BlockInputs) -> list[torch.Tensor]:
-    """The base model's output (final norm applied) per batch, from the last block's outputs in
-    ``inputs.hidden``: the base model is run with every block replaced by a pass-through that
-    returns, at the last block, the stored output — so whatever the model does after its blocks
-    (final norm, scaling) is its own code."""
-    model = stream.model
-    base = base_model(model)
-    last = len(stream.blocks) - 1
-    block = stream.open(last)
-    out0 = inputs.calls[last][0].raw(block, inputs.hidden[0])
-    as_tuple, width = isinstance(out0, (tuple, list)), (len(out0) if isinstance(out0, (tuple, list)) else 1)
-    del out0
-    stream.close(last)
-    emb = model.get_input_embeddings()
-    ids_all = torch.unique(torch.cat([b[0].reshape(-1) for b in batches]))
-    rows = stream.reader.read_rows(stream.names[stream.embedding_key], ids_all, stream.dtype).to(stream.device)
-    for k in stream.pre_keys:
-        stream._load(k)
-    compact = CompactEmbedding(emb, ids_all.to(stream.device), rows)
-    model.set_input_embeddings(compact)
-    results = []
-    try:
-        for b, (ids, att) in enumerate(batches):
-            h = inputs.hidden[b]
-
-            def make(i: int, h: torch.Tensor = h):
-                def forward(*args, **kwargs):
-                    x = args[0] if args else kwargs["hidden_states"]
-                    v = h if i == last else x
-                    return (v,) + (None,) * (width - 1) if as_tuple else v
-                return forward
-
-            for i, blk in enumerate(stream.blocks):
-                blk.forward = make(i)
-            try:
-                o = base(input_ids=ids.to(stream.device), attention_mask=att.to(stream.device), use_cache=False)
-            finally:
-                for blk in stream.blocks:
-                    if "forward" in blk.__dict__:
-                        del blk.forward
-            results.append((o.last_hidden_state if hasattr(o, "last_hidden_state") else o[0]).to("cpu"))
-    finally:
-        model.set_input_embeddings(compact.release())
-        for k in stream.pre_keys:
-            stream._unload(k)
-    return results
-
-
-def _head_name(stream: BlockStream) -> tuple[str, str | None]:
-    """Checkpoint names of the LM head's weight (the embedding's when tied) and bias."""
-    head = stream.model.get_output_embeddings()
-    state = stream.model.state_dict(keep_vars=True)
-    wkey = next(k for k, v in state.items() if v is head.weight)
-    bkey = next((k for k, v in state.items() if getattr(head, "bias", None) is not None and v is head.bias), None)
-    cfgm = stream.config
-    tied = any(getattr(c, "tie_word_embeddings", False) for c in (cfgm, getattr(cfgm, "text_config", None)) if c is not None)
-    if wkey not in stream.names and tied:
-        return stream.names[stream.embedding_key], None
-    if wkey not in stream.names:
-        raise PolypruneError(f"Block streaming cannot find the LM head {wkey} in {stream.folder}",
-                             "evaluate without --max-memory")
-    return stream.names[wkey], (stream.names.get(bkey) if bkey else None)
-
-
-def streamed_hidden(stream: BlockStream, batches: list, progress: Progress | None = None) -> list[torch.Tensor]:
-    """The base model's output (``last_hidden_state``, final norm applied) for each batch
-    ``(input_ids [B, T], attention_mask [B, T])``, on the CPU, with one block in memory at a time."""
-    from .sequential import run
-
-    holder: dict = {}
-
-    def per_block(i, block, inputs) -> bool:
-        holder["inputs"] = inputs[0]
-        return False
-
-    run(stream.model, [batches], per_block, ensure(progress), "Evaluating,", source=stream)
-    return _final_hidden(stream, batches, holder["inputs"])
-
-
-def head_logits(stream: BlockStream, rows: torch.Tensor, progress: Progress | None = None):
-    """Yield ``(v0, r0, logits)``: float32 logits ``[<=HEAD_ROWS, <=HEAD_VOCAB_ROWS]`` of hidden ``rows``
-    ``[R, d]`` (rows ``r0...``) for vocabulary entries ``v0...``, with the LM head read from the
-    checkpoint in chunks (bias and final logit soft-capping applied as the model does)."""
-    progress = ensure(progress)
-    wname, bname = _head_name(stream)
-    cfgm = stream.config
-    cap = next((float(c.final_logit_softcapping) for c in (cfgm, getattr(cfgm, "text_config", None))
-                if c is not None and getattr(c, "final_logit_softcapping", None) is not None), None)
-    vocab = stream.reader.tensors[wname].shape[0]
-    bias = stream.reader.read(bname, stream.dtype) if bname else None
-    chunks = list(range(0, vocab, HEAD_VOCAB_ROWS))
-    for n, v0 in enumerate(chunks):
-        progress.update(n, len(chunks), "Applying the LM head")
-        v1 = min(v0 + HEAD_VOCAB_ROWS, vocab)
-        W = stream.reader.read_slice(wname, v0, v1, stream.dtype).to(stream.device)
-        bb = bias[v0:v1].to(stream.device) if bias is not None else None
-        for r0 in range(0, rows.shape[0], HEAD_ROWS):
-            x = rows[r0:r0 + HEAD_ROWS].to(stream.device)
-            logits = (x @ W.t() if bb is None else torch.addmm(bb, x, W.t())).float()
-            if cap is not None:
-                logits = torch.tanh(logits / cap) * cap
-            yield v0, r0, logits.cpu()
-        del W
-    progress.update(len(chunks), len(chunks), "LM head applied")
-
-
-@torch.inference_mode()
-def streamed_logits(folder: str | Path, input_ids: torch.Tensor, device: str = "cpu", dtype: str = "float32",
-                    trust_remote_code: bool = False) -> torch.Tensor:
-    """Logits ``[T, vocab]`` (float32) of one text ``input_ids`` ``[T]`` under the checkpoint in
-    ``folder``, read one block at a time (a reload check that needs one block's memory)."""
-    stream = BlockStream(folder, device, dtype, trust_remote_code)
-    ids = input_ids.reshape(1, -1).to(torch.long)
-    (h,) = streamed_hidden(stream, [(ids, torch.ones_like(ids))])
-    rows = h[0]
-    out = torch.empty(rows.shape[0], stream.reader.tensors[_head_name(stream)[0]].shape[0])
-    for v0, r0, logits in head_logits(stream, rows):
-        out[r0:r0 + logits.shape[0], v0:v0 + logits.shape[1]] = logits
-    return out
-
-
-@torch.inference_mode()
-def streamed_loglikelihoods(stream: BlockStream, requests: list[tuple[list[int], list[int]]], batch_size: int = 8,
-                            progress: Progress | None = None) -> list[tuple[float, int, bool]]:
-    """:func:`polyprune.evaluation.engine.loglikelihoods` (ungrouped, no truncation) with one block
-    in memory at a time: requests sorted by length (longest first) and batched, every block run over
-    all batches, then the LM head applied in vocabulary chunks read from the checkpoint
-    (``log p = logit - logsumexp``, accumulated chunk by chunk in float32). Equal to the in-memory
-    numbers up to float rounding of the chunked log-sum-exp.
-
-    Returns:
-        ``(logprob_sum [nats], n_continuation_tokens, is_greedy)`` per request, in input order.
-    """
-    progress = ensure(progress)
-    inputs_ids, targets = [], []
-    for i, (ctx, cont) in enumerate(requests):
-        if not ctx:
-            raise ValueError(f"request {i} has an empty context; pass [bos_token_id] instead")
-        tokens = list(ctx) + list(cont)
-        inputs_ids.append(tokens[:-1])
-        targets.append(list(cont))
-    todo = sorted((i for i in range(len(requests)) if targets[i]), key=lambda i: -len(inputs_ids[i]))
-    results: list = [(0.0, 0, True) if not targets[i] else None for i in range(len(requests))]
-    if not todo:
-        return results
-    pad = getattr(stream.config, "pad_token_id", None)
-    pad = pad if isinstance(pad, int) and pad >= 0 else 0
-    batches, where = [], []  # where: per scored row (request, batch, position)
-    for start in range(0, len(todo), batch_size):
-        idx = todo[start:start + batch_size]
-        T = max(len(inputs_ids[i]) for i in idx)
-        ids = torch.full((len(idx), T), pad, dtype=torch.long)
-        att = torch.zeros((len(idx), T), dtype=torch.long)
-        for b, i in enumerate(idx):
-            L, C = len(inputs_ids[i]), len(targets[i])
-            ids[b, :L] = torch.tensor(inputs_ids[i])
-            att[b, :L] = 1
-            where.extend((i, len(batches), b, p, t) for p, t in zip(range(L - C, L), targets[i]))
-        batches.append((ids, att))
-    final = streamed_hidden(stream, batches, progress.sub(0, 0.85))
-    rows = torch.stack([final[bi][b, p] for _, bi, b, p, _ in where])  # [R, d]
-    tgt = torch.tensor([t for *_, t in where], dtype=torch.long)
-    del final
-    R = rows.shape[0]
-    lse = torch.full((R,), float("-inf"))
-    tlog = torch.empty(R)
-    best = torch.full((R,), float("-inf"))
-    arg = torch.zeros(R, dtype=torch.long)
-    for v0, r0, logits in head_logits(stream, rows, progress.sub(0.85, 1.0)):
-        sl = slice(r0, r0 + logits.shape[0])
-        v1 = v0 + logits.shape[1]
-        lse[sl] = torch.logaddexp(lse[sl], torch.logsumexp(logits, 1))
-        t = tgt[sl]
-        inside = (t >= v0) & (t < v1)
-        if bool(inside.any()):
-            tlog[sl][inside] = logits[inside, t[inside] - v0]
-        m, a = logits.max(1)
-        better = m > best[sl]
-        best[sl] = torch.where(better, m, best[sl])
-        arg[sl] = torch.where(better, a + v0, arg[sl])
-    lp = (tlog - lse).double()
-    greedy = arg == tgt
-    acc: dict[int, list] = {}
-    for k, (i, *_rest) in enumerate(where):
-        a = acc.setdefault(i, [0.0, 0, True])
-        a[0] += float(lp[k]); a[1] += 1; a[2] = a[2] and bool(greedy[k])
-    for i, (s_, n_, g_) in acc.items():
-        results[i] = (s_, n_, g_)
-    progress.update(1, 1, "Evaluated")
-    return results
-
-
-def streamed_flores_perplexity(stream: BlockStream, data_dir, languages: list[str], *, split: str = "devtest",
-                               limit: int | None = None, batch_size: int = 8, bootstrap: int = 0, seed: int = 0,
-                               item_scores: bool = False, progress: Progress | None = None) -> list:
-    """:func:`polyprune.evaluation.perplexity.flores_perplexity` with one block in memory at a time,
-    every language in one streamed pass (methods.md §5: token-level perplexity, sentence-bootstrap
-    interval). Returns one ``flores_ppl`` :class:`~polyprune.evaluation.Result` per language."""
-    from ..datasets import flores_dir as find_flores_dir, flores_file, read_flores
-    from ..evaluation.engine import prefix_id, special_ids
-    from ..evaluation.results import Result
-    from ..evaluation.stats import perplexity_ci, seed_for
-    from ..languages import resolve_language
-
-    root = find_flores_dir(data_dir)
-    codes = [lang if flores_file(root, split, lang) is not None else resolve_language(lang) for lang in languages]
-    tok = stream.tokenizer
-    special = special_ids(tok)
-    requests, owner = [], []
-    n_texts = {}
-    for code in codes:
-        texts = [s for s in read_flores(root, code, split, limit) if s.strip()]
-        n_texts[code] = len(texts)
-        for text in texts:
-            ids = list(tok(text)["input_ids"])
-            if not ids or ids[0] not in special:
-                ids = [prefix_id(tok)] + ids
-            if len(ids) >= 2:
-                requests.append((ids[:1], ids[1:]))
-                owner.append(code)
-    res = streamed_loglikelihoods(stream, requests, batch_size, progress)
-    out = []
-    for code in codes:
-        items = [(-r[0], int(r[1])) for r, o in zip(res, owner) if o == code]
-        nll, tokens = sum(a for a, _ in items), sum(b for _, b in items)
-        if not tokens:
-            raise PolypruneError(f"No tokens to score in FLORES {code}", "check the data folder")
-        lo = hi = None
-        if bootstrap:
-            lo, hi = perplexity_ci([a for a, _ in items], [b for _, b in items], iters=bootstrap,
-                                   seed=seed_for(seed, "flores_ppl", code))
-        extra = {"tokens": tokens, "nll": nll, "split": split, "streamed": True}
-        if item_scores:
-            extra["item_nll"] = [a for a, _ in items]
-            extra["item_tokens"] = [b for _, b in items]
-        out.append(Result("flores_ppl", code, "perplexity", math.exp(nll / tokens), lo, hi, n_texts[code], extra=extra))
-    return out
-
-
-# --------------------------------------------------------------------------------------------
 # a recipe, streamed (``polyprune prune --max-memory``, ``max_memory:`` in a recipe)
 # --------------------------------------------------------------------------------------------
 def run_streamed(recipe, progress: Progress | None = None, log: Callable[[str], None] = print) -> dict:
@@ -871,13 +302,6 @@ def run_streamed(recipe, progress: Progress | None = None, log: Callable[[str], 
             any weight is read), an unsupported evaluation, no output folder.
         Cancelled: nothing is written; the source is untouched.
     """
-    from ..calibration import build
-    from ..datasets import data_dir as resolve_data_dir, default_data_dir
-    from ..evaluation import compare
-    from ..export import write_report_folder
-    from ..masks import model_signature
-    from ..models import DEMO_META, DEMO_NAME, DEMO_SPEC, model_info
-    from ..pipeline import calibration_report, check_recipe, versions
 
     progress = ensure(progress)
     t_start = time.perf_counter()
