@@ -21,8 +21,9 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import Cancelled, PolypruneError
+from .fileio import fresh_folder
 from .progress import tqdm_progress
-from .recipe import METRICS, DemoConfig, EvalConfig, FeatureConfig, PruneConfig, Recipe, check_metrics
+from .recipe import METRICS, DemoConfig, EvalConfig, FeatureConfig, PruneConfig, Recipe
 
 #: Feature packages that add subcommands (module path, imported lazily to keep ``--help`` fast).
 COMMAND_MODULES: list[str] = ["polyprune.heads.cli", "polyprune.slimming.cli"]
@@ -202,11 +203,7 @@ def cmd_inspect(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    from .datasets import data_dir
-    from .evaluation import evaluate_tasks, save_results
-    from .evaluation.runner import check_tasks
-    from .fileio import check_output
-    from .models import load_model
+    from .pipeline import evaluate_command
 
     tasks, langs = split_list(a.tasks), (split_list(a.languages) or None)
     if a.eval_ppl or a.eval_xnli:  # the prune command's flags work here too
@@ -216,26 +213,15 @@ def cmd_evaluate(a) -> int:
         if a.eval_xnli:
             per["xnli"] = split_list(a.eval_xnli)
         tasks, langs = list(per), per
-    if not tasks:
-        raise PolypruneError("Nothing to evaluate",
-                             "give --tasks (xnli,pawsx,xcopa,xstorycloze,xwinograd,flores_ppl,flores_mt) and --languages")
-    data = data_dir(a.data)
-    check_metrics(split_list(a.metrics))
-    check_tasks(tasks, langs, data, a.split)
-    if a.out:
-        check_output(a.out, sources=[a.model] if Path(a.model).expanduser().exists() else [], kind="file",
-                     overwrite=a.overwrite, what="results file")
     prog = tqdm_progress("evaluate")
     try:
-        loaded = load_model(a.model, a.device or _default_device(), a.dtype, a.trust_remote_code, prog.sub(0, 0.1))
-        if a.out:
-            check_output(a.out, sources=[loaded.path], kind="file", overwrite=a.overwrite, what="results file")
-        results = evaluate_tasks(loaded.model, loaded.tokenizer, tasks, langs, data, split=a.split, limit=a.limit,
-                                 ppl_limit=a.ppl_limit if a.ppl_limit is not None else a.limit,
-                                 batch_size=a.eval_batch_size, metrics=split_list(a.metrics), bootstrap=a.bootstrap,
-                                 seed=a.seed, progress=prog.sub(0.1, 1), on_error="record", model_name=a.model,
-                                 translation={"shots": a.mt_shots, "max_new_tokens": a.max_new_tokens,
-                                              "directions": a.mt_directions})
+        results = evaluate_command(
+            a.model, tasks, langs, a.data, device=a.device or _default_device(), dtype=a.dtype,
+            trust_remote_code=a.trust_remote_code, split=a.split, limit=a.limit,
+            ppl_limit=a.ppl_limit if a.ppl_limit is not None else a.limit, batch_size=a.eval_batch_size,
+            metrics=split_list(a.metrics), bootstrap=a.bootstrap, seed=a.seed,
+            translation={"shots": a.mt_shots, "max_new_tokens": a.max_new_tokens, "directions": a.mt_directions},
+            out=a.out, overwrite=a.overwrite, settings={k: v for k, v in vars(a).items() if k != "func"}, progress=prog)
     finally:
         prog.bar.close()
     for r in results:
@@ -243,8 +229,7 @@ def cmd_evaluate(a) -> int:
         _log(f"{r.task:<12} {r.language:<18} ERROR {r.error}" if r.error else
              f"{r.task:<12} {r.language:<18} {r.metric:<14} {r.value:.4f}{ci}  (n={r.n})")
     if a.out:
-        settings = {k: v for k, v in vars(a).items() if k not in ("func",)}
-        _log(f"Wrote {save_results(results, a.out, settings)}")
+        _log(f"Wrote {Path(a.out).expanduser().resolve()}")
     return 1 if any(r.error for r in results) else 0
 
 
@@ -285,16 +270,6 @@ def cmd_recipe(a) -> int:
         recipe.out = str(new)
     recipe.overwrite = bool(a.overwrite)
     return cmd_run(recipe, a.cmd)
-
-
-def fresh_folder(base: Path) -> Path:
-    """``base`` when it does not exist, else ``base-2``, ``base-3``, ... (never an existing folder)."""
-    if not base.exists():
-        return base.resolve()
-    k = 2
-    while Path(f"{base}-{k}").exists():
-        k += 1
-    return Path(f"{base}-{k}").resolve()
 
 
 def cmd_study(a) -> int:

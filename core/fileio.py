@@ -387,3 +387,14 @@ def output_folder(target: str | Path, *, kind: str, sources: Iterable[str | Path
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def fresh_folder(base: Path) -> Path:
+    """``base`` when it does not exist, else ``base-2``, ``base-3``, ... (never an existing folder):
+    where a run goes when its recipe names a folder that is already there."""
+    if not base.exists():
+        return base.resolve()
+    k = 2
+    while Path(f"{base}-{k}").exists():
+        k += 1
+    return Path(f"{base}-{k}").resolve()

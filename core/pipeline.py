@@ -29,10 +29,10 @@ import transformers
 
 from . import __version__
 from .calibration import CalibrationSet, build, check as check_spec, normalize_spec
-from .datasets import default_data_dir
+from .datasets import data_dir, default_data_dir
 from .errors import PolypruneError
-from .evaluation import Result, compare, evaluate as evaluate_config
-from .evaluation.runner import check_data
+from .evaluation import Result, compare, evaluate as evaluate_config, evaluate_tasks, save_results
+from .evaluation.runner import check_data, check_tasks
 from .export import ExportResult, export, write_report_folder
 from .features import FeatureResult, feature_magnitudes, overlap, top_k
 from .fileio import check_output, output_folder, write_json
@@ -41,7 +41,7 @@ from .models import LoadedModel, check_sequence_length, find_blocks, load_model
 from .progress import Progress, ensure
 from .pruning import PruneResult, dense_view, prune
 from .pruning.sequential import capture_bytes
-from .recipe import EvalConfig, FeatureConfig, Recipe, demos_spec
+from .recipe import EvalConfig, FeatureConfig, Recipe, check_metrics, demos_spec
 
 
 def versions() -> dict:
@@ -411,3 +411,37 @@ def export_masks(spec: str, masks_path: str | None, out: str | Path, device: str
     return export(loaded.model, loaded.tokenizer, out, report, source=loaded.path, overwrite=overwrite,
                   progress=progress.sub(0.4, 1.0), masks=records, mask_model_info=loaded.model)
 
+
+def evaluate_command(model: str, tasks: list[str], languages, data: str | None, *, device: str = "cpu",
+                     dtype: str = "float32", trust_remote_code: bool = False, split: str | None = None,
+                     limit: int | None = None, ppl_limit: int | None = None, batch_size: int = 16,
+                     metrics: list[str] | None = None, bootstrap: int = 1000, seed: int = 0,
+                     translation: dict | None = None, out: str | None = None, overwrite: bool = False,
+                     settings: dict | None = None, progress: Progress | None = None) -> list[Result]:
+    """``polyprune evaluate``: check tasks, languages, data files and the results file, load the
+    model, evaluate (a failing ``(task, language)`` becomes an error row, the others go on) and save.
+
+    Raises:
+        PolypruneError: nothing to evaluate, an unknown task, language or metric, a missing file,
+            a results file that may not be written — all before the model is loaded.
+    """
+    progress = ensure(progress)
+    if not tasks:
+        raise PolypruneError("Nothing to evaluate",
+                             "give --tasks (xnli,pawsx,xcopa,xstorycloze,xwinograd,flores_ppl,flores_mt) and --languages")
+    folder = data_dir(data)
+    metrics = check_metrics(metrics or EvalConfig().metrics)
+    check_tasks(tasks, languages, folder, split)
+    if out:
+        check_output(out, sources=[model] if Path(model).expanduser().exists() else [], kind="file",
+                     overwrite=overwrite, what="results file")
+    loaded = load_model(model, device, dtype, trust_remote_code, progress.sub(0, 0.1))
+    if out:
+        check_output(out, sources=[loaded.path], kind="file", overwrite=overwrite, what="results file")
+    results = evaluate_tasks(loaded.model, loaded.tokenizer, tasks, languages, folder, split=split, limit=limit,
+                             ppl_limit=ppl_limit, batch_size=batch_size, metrics=metrics, bootstrap=bootstrap,
+                             seed=seed, progress=progress.sub(0.1, 1), on_error="record", model_name=model,
+                             translation=translation)
+    if out:
+        save_results(results, out, settings)
+    return results
