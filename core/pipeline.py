@@ -42,6 +42,7 @@ from .progress import Progress, ensure
 from .pruning import PruneResult, dense_view, prune
 from .pruning.sequential import capture_bytes
 from .recipe import EvalConfig, FeatureConfig, Recipe, check_metrics, demos_spec
+from .steps import StepChanges, check_step_settings, run_step, slim_step
 
 
 def versions() -> dict:
@@ -236,6 +237,8 @@ def check_recipe(recipe: Recipe) -> Path | None:
     Raises:
         PolypruneError: bad settings, an output folder that may not be written, no data.
     """
+    recipe.check_steps()
+    check_step_settings(recipe)
     recipe.pruning.validate()
     recipe.evaluation.validate()
     if not (recipe.calibration or recipe.calibration_text):
@@ -244,13 +247,14 @@ def check_recipe(recipe: Recipe) -> Path | None:
     if out is not None:
         check_output(out, sources=[recipe.model] if Path(recipe.model).expanduser().exists() else [],
                      overwrite=recipe.overwrite, what="output folder")
-    if recipe.pruning.method == "wanda_refined" and not recipe.contrast:
+    if "prune" in recipe.steps and recipe.pruning.method == "wanda_refined" and not recipe.contrast:
         raise PolypruneError("The refined metric (wanda_refined) needs a contrast set",
                              "set the contrast text (--contrast-text FILE, or contrast: {kind: text, file: ...} in the "
                              "recipe), or use the wanda method")
-    if recipe.pruning.needs_calibration or recipe.features.enabled:
+    pruning = "prune" in recipe.steps
+    if (pruning and recipe.pruning.needs_calibration) or recipe.features.enabled:
         check_spec(recipe.calibration_spec())
-    if recipe.pruning.method == "wanda_refined":
+    if pruning and recipe.pruning.method == "wanda_refined":
         check_spec(recipe.contrast_spec())
     ev = recipe.evaluation
     if ev.enabled and not (ev.optional and not ev.data and default_data_dir() is None):
@@ -292,7 +296,7 @@ def run(recipe: Recipe, progress: Progress | None = None, loaded: LoadedModel | 
         f"hidden {report['model']['hidden_size']}, {report['model']['parameters'] / 1e6:.1f}M parameters")
 
     cal = None
-    if recipe.pruning.needs_calibration or recipe.features.enabled:
+    if ("prune" in recipe.steps and recipe.pruning.needs_calibration) or recipe.features.enabled:
         cal = build_calibration(loaded, recipe.calibration_spec(), progress.sub(0.1, 0.12))
         report["calibration"] = calibration_report(cal)
         log(f"Calibration: {len(cal)} samples, {cal.n_tokens} tokens (length {cal.meta.get('seq_len')}, "
@@ -319,16 +323,31 @@ def run(recipe: Recipe, progress: Progress | None = None, loaded: LoadedModel | 
         comparison.dense = evaluate(loaded, ev, progress.sub(0.2, 0.45))
         timings["eval_dense_s"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    log(f"Pruning: {recipe.pruning.method}, {recipe.pruning.pattern}, sparsity {recipe.pruning.sparsity}")
-    result, _ = prune_model(loaded, recipe, progress.sub(0.45, 0.6), calibration=cal, keep_dense=not own_model)
-    timings["prune_s"] = time.perf_counter() - t
-    report["pruning"] = result.summary()
-    log(f"Pruned in {result.seconds:.1f} s; sparsity over pruned layers {result.overall:.4f}")
+    result, changes = None, StepChanges()
+    span = (0.45, 0.6)
+    for k, step in enumerate(recipe.steps):
+        sub = progress.sub(span[0] + (span[1] - span[0]) * k / len(recipe.steps),
+                           span[0] + (span[1] - span[0]) * (k + 1) / len(recipe.steps))
+        t = time.perf_counter()
+        if step == "prune":
+            log(f"Pruning: {recipe.pruning.method}, {recipe.pruning.pattern}, sparsity {recipe.pruning.sparsity}")
+            result, _ = prune_model(loaded, recipe, sub, calibration=cal, keep_dense=not own_model)
+            report["pruning"] = result.summary()
+            log(f"Pruned in {result.seconds:.1f} s; sparsity over pruned layers {result.overall:.4f}")
+        elif step == "slim":  # the last step: it writes its own, smaller checkpoint
+            report = slim_step(loaded, recipe, report, progress.sub(span[0], 1.0), log)
+            report["timings"] = timings | changes.timings | {"total_s": time.perf_counter() - t_start}
+            progress.update(1, 1, "Done")
+            return report
+        else:
+            run_step(step, loaded, recipe, changes, report, sub, log)
+        timings[f"{step}_s"] = time.perf_counter() - t
 
+    if "prune" not in recipe.steps:
+        report.setdefault("summary", f"Changed with Polyprune's steps: {', '.join(recipe.steps)}.")
     if ev.enabled:
         t = time.perf_counter()
-        log("Evaluating the pruned model")
+        log("Evaluating the " + ("pruned" if recipe.steps == ["prune"] else "changed") + " model")
         comparison.pruned = evaluate(loaded, ev, progress.sub(0.6, 0.9))
         timings["eval_pruned_s"] = time.perf_counter() - t
     report["evaluation"] = comparison.rows()
@@ -341,7 +360,8 @@ def run(recipe: Recipe, progress: Progress | None = None, loaded: LoadedModel | 
         more = (lambda tmp: feats.result.save(tmp / "features" / "features")) if feats is not None else None
         if recipe.export:
             res = export_model(loaded, report, out, recipe=recipe, result=result, overwrite=recipe.overwrite,
-                               check=recipe.reload_check, progress=progress.sub(0.9, 0.99), log=log, write_more=more)
+                               check=recipe.reload_check, progress=progress.sub(0.9, 0.99), log=log, write_more=more,
+                               extra_files=changes.files, card_extra="\n".join(changes.card))
             if res.reload_diff is not None:
                 log(f"Export reloads; largest logit difference {res.reload_diff:.3g}")
         else:
