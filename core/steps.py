@@ -73,6 +73,35 @@ def slim_config(recipe: Recipe) -> SlimConfig:
     return SlimConfig.from_dict(d)
 
 
+#: Steps a study cell can take after its pruning (``slim`` writes a checkpoint: not a study step).
+STUDY_STEPS = ("remove_heads", "lens")
+
+
+def check_step(name: str, settings) -> dict:
+    """Validate one step's settings (a study cell's ``steps`` entry); return them normalized.
+
+    Raises:
+        PolypruneError: an unknown step or a bad setting (named).
+    """
+    if name not in STUDY_STEPS:
+        raise PolypruneError(f"Unknown step {name!r}", f"use one of {', '.join(STUDY_STEPS)}")
+    if not isinstance(settings, dict):
+        raise PolypruneError(f"The settings of step {name} are not a mapping", f"write {name}: {{...}}")
+    if name == "remove_heads":
+        return heads_config(Recipe(heads=settings)).to_dict()
+    from .subspaces.config import LensConfig  # noqa: PLC0415 - see run_step
+    return LensConfig.from_dict(dict(settings)).to_dict()
+
+
+def apply_step(name: str, loaded: LoadedModel, settings: dict, progress: Progress):
+    """Apply one step to the loaded model in place; return the object whose ``restore()`` undoes
+    it bit-exactly (a study cell undoes its steps after its evaluation)."""
+    changes = StepChanges()
+    recipe = Recipe(heads=settings) if name == "remove_heads" else Recipe(lens=settings)
+    run_step(name, loaded, recipe, changes, {}, progress, log=lambda m: None)
+    return changes
+
+
 def check_step_settings(recipe: Recipe) -> None:
     """Check every step's settings before a model is loaded.
 

@@ -56,3 +56,33 @@ heads: {{removal: {{heads: "0:1;1:0,3", cut: soft, measure: false}}}}
 def test_bad_steps_fail_before_loading(kw, needle):
     with pytest.raises(PolypruneError, match=needle):
         check_recipe(Recipe(model="/nowhere/at/all", **kw))
+
+
+def test_study_cell_with_head_removal_step(tmp_path):
+    """A study cell can remove heads after its pruning; the dense weights come back afterwards."""
+    from polyprune import study as S
+    from polyprune.models import load_model
+
+    src = save_tiny(tmp_path, "llama")
+    loaded = load_model(str(src))
+    before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    d = tmp_path / "data" / "flores200" / "devtest"
+    d.mkdir(parents=True)
+    (d / "eng_Latn.devtest").write_text("".join(f"Sentence {i} is here, with words.\n" for i in range(5)))
+    cfg = S.StudyConfig(model=str(src), calibration=[{"kind": "monolingual", "lang": "eng_Latn", "source": "builtin",
+                                                      "samples": 2, "seq_len": 16, "shots": 1}],
+                        methods=["wanda", {"method": "wanda", "label": "wanda+heads",
+                                           "steps": [{"remove_heads": {"removal": {"heads": "0:0,1", "measure": False}}}]},
+                                 {"method": "none", "label": "heads only",
+                                  "steps": [{"remove_heads": {"removal": {"heads": "0:0,1", "measure": False}}}]}],
+                        sparsities=[0.5], evaluation={"ppl": ["eng_Latn"], "data": str(tmp_path / "data"), "bootstrap": 0},
+                        out=str(tmp_path / "study"))
+    res = S.run_study(cfg, log=lambda m: None, loaded=loaded)
+    by = {r["method"]: r["value"] for r in res.rows if r["cell"] != "dense"}
+    dense = next(r["value"] for r in res.rows if r["cell"] == "dense")
+    assert set(by) == {"wanda", "wanda+heads", "heads only"} and len(res.cells) == 3
+    assert by["wanda+heads"] != by["wanda"] and by["heads only"] != dense
+    for n, p in loaded.model.named_parameters():
+        assert torch.equal(p, before[n]), n
+    with pytest.raises(PolypruneError, match="single steps"):
+        S.plan(S.StudyConfig(calibration=cfg.calibration, methods=[{"method": "wanda", "steps": {"lens": {}}}]))

@@ -14,6 +14,7 @@ from ..errors import PolypruneError
 from ..fileio import parse_settings, read_settings_file
 from ..memory import parse_size
 from ..recipe import EvalConfig, PruneConfig, settings_from_dict
+from ..steps import check_step
 
 #: Bumped when the meaning of evaluation rows changes (2: harness metric names), so cells
 #: evaluated by an earlier version are evaluated again instead of mixing meanings.
@@ -144,6 +145,8 @@ class Cell:
         prune: the :class:`PruneConfig` settings as a dict.
         contrast: the normalized contrast spec (``wanda_refined``), else ``None``.
         id: stable id derived from the settings (folder name under ``cells/``).
+        steps: ``[[name, settings], ...]`` applied after the pruning (:mod:`polyprune.steps`).
+        no_pruning: the cell only runs its steps (``method: none``).
     """
 
     index: int
@@ -153,6 +156,8 @@ class Cell:
     prune: dict
     contrast: dict | None
     id: str
+    steps: list = field(default_factory=list)
+    no_pruning: bool = False
 
     @property
     def label(self) -> str:
@@ -186,6 +191,11 @@ def _relevant(settings: dict) -> dict:
 def parse_method(entry, pruning: dict, pattern: str) -> tuple[str, dict]:
     """``(label, PruneConfig settings without sparsity)`` of a method entry.
 
+    A dict entry may carry ``steps`` (changes made after the pruning, evaluated with it:
+    ``[{remove_heads: {...}}, {lens: {...}}]``, see :mod:`polyprune.steps`); they are returned in
+    the settings under ``"steps"``. ``method: none`` prunes nothing (only its steps run), once per
+    study whatever the sparsities.
+
     Raises:
         PolypruneError: an unknown setting or a malformed entry.
     """
@@ -199,7 +209,7 @@ def parse_method(entry, pruning: dict, pattern: str) -> tuple[str, dict]:
             d["layerwise"] = "owl"
         label = entry
     elif isinstance(entry, dict) and "method" in entry:
-        d = {k: v for k, v in entry.items() if k != "label"}
+        d = {k: v for k, v in entry.items() if k not in ("label", "steps")}
         label = entry.get("label") or d["method"] + ("+owl" if d.get("layerwise") == "owl" else "")
     else:
         raise PolypruneError(f"Cannot read the method entry {entry!r}",
@@ -211,7 +221,23 @@ def parse_method(entry, pruning: dict, pattern: str) -> tuple[str, dict]:
                                  f"known: {', '.join(sorted(known - {'sparsity'}))}")
     settings = {**pruning, "pattern": pattern, **d}
     settings.pop("sparsity", None)
+    steps = entry.get("steps") if isinstance(entry, dict) else None
+    settings["steps"] = parse_steps(steps, label)
     return label, settings
+
+
+def parse_steps(steps, label: str) -> list[list]:
+    """A method entry's ``steps`` as ``[[name, normalized settings], ...]``.
+
+    Raises:
+        PolypruneError: not a list of one-key mappings, or a bad step (named).
+    """
+    if steps is None:
+        return []
+    if not isinstance(steps, list) or not all(isinstance(x, dict) and len(x) == 1 for x in steps):
+        raise PolypruneError(f"The steps of method {label!r} are not a list of single steps",
+                             "write steps: [{remove_heads: {...}}, {lens: {...}}]")
+    return [[name, check_step(name, value)] for step in steps for name, value in step.items()]
 
 
 def eval_config(d: dict) -> EvalConfig:
@@ -263,9 +289,16 @@ def plan(cfg: StudyConfig) -> list[Cell]:
     if dup:
         raise PolypruneError(f"Two methods have the label {dup[0]!r}", "give each method entry a distinct label")
     cells = []
-    for spec, contrast in zip(specs, contrasts):
+    for k, (spec, contrast) in enumerate(zip(specs, contrasts)):
         for label, settings in methods:
-            for s in cfg.sparsities:
+            settings = dict(settings)
+            steps = settings.pop("steps")
+            nothing = settings.get("method") == "none"
+            if nothing:  # only the steps run: one cell, whatever the calibration sources and sparsities
+                if k:
+                    continue
+                settings["method"] = "magnitude"
+            for s in ([0.0] if nothing else cfg.sparsities):
                 try:
                     s = float(s)
                 except (TypeError, ValueError):
@@ -276,10 +309,14 @@ def plan(cfg: StudyConfig) -> list[Cell]:
                 if refined and contrast is None:
                     raise PolypruneError(f"Method {label} (the refined metric) needs a contrast calibration set",
                                          "add contrast: {kind: text, file: code.txt} to the study or to the calibration spec")
-                key = {"model": cfg.model, "dtype": cfg.dtype, "seed": cfg.seed, "calibration": spec,
-                       "contrast": contrast if refined else None, "prune": _relevant(asdict(pc))}
+                key = {"model": cfg.model, "dtype": cfg.dtype, "seed": cfg.seed,
+                       "calibration": None if nothing else spec, "contrast": contrast if refined else None,
+                       "prune": None if nothing else _relevant(asdict(pc))}
+                if steps:  # (kept out of the key otherwise, so earlier study folders resume)
+                    key["steps"] = steps
                 cid = f"{_slug(spec['label'])}__{_slug(label)}__{s:g}__{settings_hash(key)[:10]}"
-                cells.append(Cell(len(cells), spec, label, s, asdict(pc), contrast if refined else None, cid))
+                cells.append(Cell(len(cells), spec, label, s, asdict(pc), contrast if refined else None, cid, steps,
+                                  nothing))
     reference_cell(cells, cfg.reference)  # validates
     return cells
 

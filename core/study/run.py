@@ -19,6 +19,7 @@ from ..masks import model_signature, save_masks
 from ..models import all_prunable, default_device, load_model
 from ..progress import Progress, ensure
 from ..pruning import owl, prune, restore, selected_modules
+from ..steps import apply_step
 from .config import Cell, StudyConfig, settings_hash, eval_config, eval_signature, plan, reference_cell
 from .folder import (cell_dir, finished_rows, item_scores, mask_agreement_rows, paired_rows, record_fields,
                      write_agreement, write_cell, write_paired, write_tables)
@@ -210,9 +211,14 @@ def run_cells(cfg, cells, todo, ev, eval_sig, out, done, progress, log, loaded, 
                                                    sub.sub(0, 0.1))
             ratios = ratios_cache[key]
         t = time.perf_counter()
-        res = prune(model, pc, cal, sub.sub(0.1, 0.5), contrast=contrast, outlier_ratios=ratios)
+        res = prune(model, pc, cal, sub.sub(0.1, 0.4), contrast=contrast, outlier_ratios=ratios)
         prune_s = time.perf_counter() - t
+        undo = []
         try:
+            for k, (name, settings) in enumerate(cell.steps):  # changes after the pruning, e.g. Lens
+                log(f"  {name}")
+                undo.append(apply_step(name, loaded, settings, sub.sub(0.4 + 0.1 * k / len(cell.steps),
+                                                                       0.4 + 0.1 * (k + 1) / len(cell.steps))))
             log(f"  pruned in {prune_s:.1f} s, sparsity {res.overall:.4f}; evaluating")
             t = time.perf_counter()
             recs = evaluate_fn(loaded, ev, sub.sub(0.5, 0.98)) if ev.enabled else []
@@ -232,11 +238,14 @@ def run_cells(cfg, cells, todo, ev, eval_sig, out, done, progress, log, loaded, 
                     "seed": cfg.seed, "calibration": cell.calibration, "contrast": cell.contrast,
                     "calibration_meta": {k: v for k, v in (cal.meta if cal is not None else {}).items()},
                     "pruning": res.summary() | {"module_sparsity": None}, "evaluation": asdict(ev),
+                    "steps": cell.steps,
                     "prune_seconds": prune_s, "eval_seconds": eval_s}
             write_cell(out, cell.id, info, rows, eval_sig, item_scores(recs))
             done[cell.id] = rows
             ran.append(cell.id)
         finally:
+            for u in reversed(undo):
+                u.restore()
             restore(model, res.records)
             del res
             if _fingerprint(model) != dense_fp:  # pragma: no cover - would be a bug in restore()
