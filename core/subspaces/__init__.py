@@ -5,12 +5,26 @@
   ``subspaces.npz``).
 * :func:`apply_lens` fine-tunes only the top blocks so target languages move towards the central
   language in the agnostic direction and away from it in the specific subspace, reversibly
-  (:class:`LensResult` ``.restore()``); :func:`export_lens` writes the model as ``polyprune export`` does.
-"""
-from .config import LensConfig, SubspacesConfig
-from .decompose import decompose, decompose_block, projector
-from .represent import last_token_states
-from .space import FILE_NAME, Subspaces, compute_subspaces, load_subspaces
+  (:meth:`LensResult.restore`); :func:`export_lens` writes the model as ``polyprune export`` does.
 
-__all__ = ["LensConfig", "SubspacesConfig", "Subspaces", "compute_subspaces", "load_subspaces", "decompose",
-           "decompose_block", "projector", "last_token_states", "FILE_NAME"]
+Only the settings are imported eagerly, so ``polyprune --help`` (which imports :mod:`.cli`) stays
+fast; everything else is loaded on first use.
+"""
+from importlib import import_module
+
+from .config import LensConfig, SubspacesConfig
+
+_LAZY = {
+    "decompose": ".decompose", "decompose_block": ".decompose", "projector": ".decompose",
+    "last_token_states": ".represent",
+    "FILE_NAME": ".space", "Subspaces": ".space", "compute_subspaces": ".space", "load_subspaces": ".space",
+    "LensResult": ".lens", "apply_lens": ".lens", "export_lens": ".lens", "training_rows": ".lens",
+}
+
+__all__ = ["LensConfig", "SubspacesConfig", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -165,7 +165,12 @@ class LensConfig:
             ``accumulation`` examples (the paper: 1e-5, 1 epoch, 8, 0.05, 0.1).
         retain_weight, align_weight, separate_weight: loss weights (the paper: 1.0 each).
         direction_scale: how far the separate loss moves the target along its direction (1.0).
+        max_grad_norm: gradients are clipped to this total norm before each step (0: no clipping;
+            1.0 is the default of the transformers Trainer the public code runs).
+        keep_zeros: weights of the trained blocks that are exactly zero stay zero, so a pruned
+            model keeps its sparsity (on a dense model this fixes its few exact zeros).
         shuffle, seed: visit the examples in a seeded random order.
+        batch_size: sentences per forward pass while measuring the subspaces (training uses batch 1).
     """
 
     central: str = "eng_Latn"
@@ -190,6 +195,8 @@ class LensConfig:
     align_weight: float = 1.0
     separate_weight: float = 1.0
     direction_scale: float = 1.0
+    max_grad_norm: float = 1.0
+    keep_zeros: bool = True
     shuffle: bool = True
     seed: int = 0
     batch_size: int = 8
@@ -238,8 +245,10 @@ class LensConfig:
         if self.retain_weight == self.align_weight == self.separate_weight == 0:
             raise PolypruneError("Every Lens loss weight is 0, so nothing would be trained",
                                  "give at least one of retain, align and separate weight a positive value")
-        if not isinstance(self.shuffle, bool):
-            raise PolypruneError(f"shuffle must be true or false (got {self.shuffle!r})", "use true or false")
+        _float("max_grad_norm", self.max_grad_norm, 0.0, "use 0 (no clipping) or a positive norm such as 1.0")
+        for name in ("shuffle", "keep_zeros"):
+            if not isinstance(getattr(self, name), bool):
+                raise PolypruneError(f"{name} must be true or false (got {getattr(self, name)!r})", "use true or false")
         return self
 
     def blocks_for(self, n_blocks: int) -> int:
