@@ -220,7 +220,12 @@ def compute_subspaces(loaded, cfg: SubspacesConfig, progress: Progress | None = 
     cfg = cfg.validate()
     model, tok = loaded.model, loaded.tokenizer
     progress.update(0, 1, "Reading sentences")
-    source = "given by the caller" if texts is not None else resolve_source(cfg.texts)
+    try:
+        source = resolve_source(cfg.texts)
+    except PolypruneError:
+        if texts is None:
+            raise
+        source = "given by the caller"
     if texts is None:
         texts = read_texts(cfg)
     sents: list[str] = []
