@@ -16,12 +16,11 @@ Heavy modules are imported inside the commands, so ``polyprune --help`` stays fa
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
 from polyprune.errors import Cancelled, PolypruneError
-from polyprune.fileio import check_output, output_folder, signature, write_json
+from polyprune.fileio import check_output, output_folder
 from polyprune.languages import resolve_language
 from polyprune.progress import tqdm_progress
 
@@ -138,36 +137,13 @@ def lens_config(a) -> LensConfig:
                       shuffle=not a.no_shuffle, seed=a.seed).validate()
 
 
-def write_subspaces_folder(folder, sub) -> list[str]:
-    """Write ``subspaces.npz``, ``subspaces.json``, ``blocks.csv`` and ``distances.csv`` into ``folder``."""
-    folder = Path(folder)
-    sub.save(folder / "subspaces.npz")
-    write_json(folder / "subspaces.json", {"polyprune": signature("subspaces"), "settings": sub.settings,
-                                           "languages": sub.languages, "central": sub.central,
-                                           "blocks": sub.summary_rows()})
-    rows = sub.summary_rows()
-    with open(folder / "blocks.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    dist = sub.distances()
-    with open(folder / "distances.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["block", "language_a", "language_b", "distance"])
-        for l in range(sub.n_blocks):
-            for i, x in enumerate(sub.languages):
-                for j, y in enumerate(sub.languages):
-                    w.writerow([l + 1, x, y, f"{dist[l, i, j]:.6g}"])
-    return ["subspaces.npz", "subspaces.json", "blocks.csv", "distances.csv"]
-
-
 def run_subspaces(a) -> int:
     """``polyprune subspaces``: measure and write ``--out/subspaces.npz``.
 
     Raises:
         PolypruneError: bad languages or sentences (before the model is loaded), a bad output folder.
     """
-    from .space import compute_subspaces, read_texts
+    from .space import compute_subspaces, read_texts, save_folder
 
     cfg = subspaces_config(a)
     texts = read_texts(cfg)  # fewer sentences than asked for fails before the model loads
@@ -179,7 +155,7 @@ def run_subspaces(a) -> int:
         check_output(a.out, sources=[loaded.path], overwrite=a.overwrite)
         sub = compute_subspaces(loaded, cfg, prog.sub(0.2, 1.0), texts=texts)
         with output_folder(a.out, kind="subspaces", sources=[loaded.path], overwrite=a.overwrite) as tmp:
-            files = write_subspaces_folder(tmp, sub)
+            files = save_folder(sub, tmp)
     finally:
         prog.bar.close()
     share = sub.specific_share()

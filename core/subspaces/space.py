@@ -9,6 +9,7 @@ file without the model.
 """
 from __future__ import annotations
 
+import csv
 import io
 import json
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import numpy as np
 
 from polyprune.datasets import language_texts, resolve_source, tokenize_texts
 from polyprune.errors import PolypruneError
-from polyprune.fileio import atomic_write_bytes, dumps
+from polyprune.fileio import atomic_write_bytes, atomic_write_text, dumps, write_json
 from polyprune.languages import language_name
 from polyprune.progress import Progress, ensure
 
@@ -187,6 +188,36 @@ def load_subspaces(path: str | Path) -> Subspaces:
                      sentence_language=data.get("sentence_language", np.zeros(0, dtype=np.int64)),
                      specific_coords=data.get("specific_coords"), agnostic_coords=data.get("agnostic_coords"),
                      total_variance=data.get("total_variance"), within_variance=data.get("within_variance"))
+
+
+def save_folder(sub: Subspaces, folder: str | Path) -> list[str]:
+    """Write ``subspaces.npz``, ``subspaces.json`` (settings and per-block summary), ``blocks.csv``
+    (per block: specific share, agnostic norm, every language's direction size) and
+    ``distances.csv`` (block, language_a, language_b, distance) into ``folder``; returns the names.
+
+    Raises:
+        PolypruneError: a file cannot be written.
+    """
+    folder = Path(folder)
+    sub.save(folder / FILE_NAME)
+    rows = sub.summary_rows()
+    write_json(folder / "subspaces.json", {"settings": sub.settings, "languages": sub.languages,
+                                           "central": sub.central, "blocks": rows}, kind="subspaces")
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(folder / "blocks.csv", buf.getvalue())
+    dist = sub.distances()
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["block", "language_a", "language_b", "distance"])
+    for l in range(sub.n_blocks):
+        for i, x in enumerate(sub.languages):
+            for j, y in enumerate(sub.languages):
+                w.writerow([l + 1, x, y, f"{dist[l, i, j]:.6g}"])
+    atomic_write_text(folder / "distances.csv", buf.getvalue())
+    return [FILE_NAME, "subspaces.json", "blocks.csv", "distances.csv"]
 
 
 def read_texts(cfg: SubspacesConfig) -> dict[str, list[str]]:
