@@ -202,6 +202,13 @@ def test_top_blocks_larger_than_model(tokenizer, tmp_path):
     assert_same(loaded.model, snap)
 
 
+def test_only_warm_up_steps_is_refused(tokenizer, tmp_path):
+    loaded = loaded_tiny("llama", tokenizer)
+    with pytest.raises(PolypruneError, match="1 optimizer step\\(s\\), all of them warm-up steps") as e:
+        apply_lens(loaded, small_cfg(write_texts(tmp_path), samples=4, accumulation=8, warmup=0.05))
+    assert "warmup to 0" in e.value.fix
+
+
 def test_default_top_blocks_scale_with_depth():
     cfg = LensConfig().validate()
     assert [cfg.blocks_for(n) for n in (2, 18, 24, 32, 80)] == [1, 1, 2, 2, 5]

@@ -277,6 +277,11 @@ def _apply(loaded, cfg: LensConfig, progress: Progress, subspaces: Subspaces | N
 
     progress.update(0, 1, "Reading training sentences")
     rows = training_rows(cfg)
+    total = -(-len(rows) // cfg.accumulation) * cfg.epochs
+    if all(lr_factor(s, total, math.ceil(cfg.warmup * total)) == 0 for s in range(total)):
+        raise PolypruneError(f"With {len(rows)} examples and accumulation {cfg.accumulation}, Lens takes {total} "
+                             f"optimizer step(s), all of them warm-up steps at learning rate 0",
+                             "use more training examples (samples) or set warmup to 0")
     langs = [cfg.central, *cfg.targets]
     tokenized = [{g: ids for g, ids in zip(langs, tokenize_texts(tok, [r[g] for g in langs], cfg.seq_len))}
                  for r in rows]
