@@ -53,23 +53,23 @@ class LanguageList(QWidget):
         super().__init__()
         self.list = QListWidget()
         self.list.setMaximumHeight(96)
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.list.setToolTip(tooltip)
         self.picker = LanguagePicker("fra_Latn")
+        self.picker.setMinimumContentsLength(14)
         self.add_btn = QPushButton("Add")
         self.add_btn.setToolTip("Add the language chosen on the left")
         self.remove_btn = QPushButton("Remove")
         self.remove_btn.setToolTip("Remove the selected language from the list")
         self.add_btn.clicked.connect(lambda: self.add(self.picker.code()))
         self.remove_btn.clicked.connect(self.remove_selected)
-        row = QHBoxLayout()
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.picker, 1)
-        row.addWidget(self.add_btn)
-        row.addWidget(self.remove_btn)
-        lay = QVBoxLayout(self)
+        lay = QGridLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.list)
-        lay.addLayout(row)
+        lay.addWidget(self.list, 0, 0)
+        lay.addWidget(self.remove_btn, 0, 1, Qt.AlignTop)
+        lay.addWidget(self.picker, 1, 0)
+        lay.addWidget(self.add_btn, 1, 1)
+        lay.setColumnStretch(0, 1)
         self.set_codes(codes)
 
     def codes(self) -> list[str]:
@@ -179,7 +179,6 @@ class SubspacesPanel(QWidget):
         self.epochs.setValue(ld.epochs)
         self.epochs.setToolTip("Passes over the training examples (Lens: 1)")
         self.weights = {}
-        wrow = QHBoxLayout()
         for key, tip in (("retain", "Keep the central language's states as they were"),
                          ("align", "Draw the targets to the central language along the language-agnostic direction"),
                          ("separate", "Move the targets along their own direction in the language-specific subspace")):
@@ -189,8 +188,6 @@ class SubspacesPanel(QWidget):
             sp.setValue(getattr(ld, f"{key}_weight"))
             sp.setToolTip(f"Weight of the {key} loss: {tip}")
             self.weights[key] = sp
-            wrow.addWidget(QLabel(key))
-            wrow.addWidget(sp)
         self.lens_btn = primary(QPushButton("Run Lens"))
         self.lens_btn.setToolTip("Fine-tune the top blocks for the target languages (reversible: Undo Lens)")
         self.lens_btn.clicked.connect(self.run_lens)
@@ -208,7 +205,8 @@ class SubspacesPanel(QWidget):
         lform.addRow("Training examples", self.lens_samples)
         lform.addRow("Learning rate", self.lr)
         lform.addRow("Epochs", self.epochs)
-        lform.addRow("Loss weights", wrow)
+        for key, sp in self.weights.items():
+            lform.addRow(f"{key.capitalize()} weight", sp)
         lb = QHBoxLayout()
         lb.addWidget(self.lens_btn)
         lb.addWidget(self.undo_btn)
@@ -231,7 +229,7 @@ class SubspacesPanel(QWidget):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setWidget(controls)
-        scroll.setMinimumWidth(470)
+        scroll.setMinimumWidth(500)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
 
         # --- block selector and plots ---
@@ -259,7 +257,7 @@ class SubspacesPanel(QWidget):
         self.scatter_box.plot.addItem(self.scatter)
         self.scatter_box.plot.addItem(self.arrows)
         self.scatter_box.plot.addItem(self.mean_marks)
-        self.legend = self.scatter_box.plot.addLegend(offset=(8, 8), brush=pg.mkBrush(255, 255, 255, 215),
+        self.legend = self.scatter_box.plot.addLegend(offset=(8, 8), brush=pg.mkBrush(255, 255, 255, 170),
                                                       pen=pg.mkPen("#bbb"))
         self.scatter_box.caption.setText("Hover over a point to read its sentence.")
         self.scatter_box.setToolTip("Each point is a sentence; large circles are the language means, lines the "
@@ -290,7 +288,7 @@ class SubspacesPanel(QWidget):
         style_plot(self.dir_box.plot, "Direction from the central language", "size (within-language spreads)", "block")
         self.dir_line = pg.InfiniteLine(angle=90, pen=pg.mkPen("#999", style=Qt.DashLine))
         self.dir_box.plot.addItem(self.dir_line)
-        self.dir_legend = self.dir_box.plot.addLegend(offset=(8, 8), brush=pg.mkBrush(255, 255, 255, 215),
+        self.dir_legend = self.dir_box.plot.addLegend(offset=(8, 8), brush=pg.mkBrush(255, 255, 255, 170),
                                                       pen=pg.mkPen("#bbb"))
         self.dir_curves: dict[str, pg.PlotDataItem] = {}
         self.dir_box.caption.setText("Each language's mean minus the central language's, projected on the specific "
@@ -316,7 +314,7 @@ class SubspacesPanel(QWidget):
         split.addWidget(scroll)
         split.addWidget(plots)
         split.setStretchFactor(1, 1)
-        split.setSizes([480, 900])
+        split.setSizes([510, 900])
         lay = QVBoxLayout(self)
         lay.addWidget(heading("Language subspaces (Lens)"))
         lay.addWidget(help_label(HELP))
