@@ -322,7 +322,7 @@ def test_export_reloads_and_keeps_everything_outside_the_top_blocks(family, toke
 def test_export_refuses_the_source_folder(tokenizer, tmp_path):
     src_dir = save_tiny(tmp_path, "llama")
     loaded = load_model(str(src_dir))
-    res = apply_lens(loaded, small_cfg(write_texts(tmp_path), samples=2))
+    res = apply_lens(loaded, small_cfg(write_texts(tmp_path), samples=2, warmup=0.0))
     before = sorted(p.name for p in src_dir.iterdir())
     with pytest.raises(PolypruneError, match="would overwrite the source model"):
         export_lens(loaded, res, src_dir)
