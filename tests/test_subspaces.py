@@ -54,7 +54,7 @@ def naive_states(model, tokenizer, texts, seq_len):
 def naive_decomposition(means_l):
     """One block: means_l [K, d] -> (a [d], projector [d, d]) by the issue's formulas, step by step."""
     M = means_l.T
-    d, K = M.shape
+    K = M.shape[1]
     ones = np.ones((1, K))
     mu = M.mean(axis=1).reshape(-1, 1)
     u, s, vt = np.linalg.svd(M - mu @ ones)

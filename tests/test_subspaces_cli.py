@@ -44,7 +44,8 @@ def test_subspaces_command_writes_the_file(tmp_path):
     assert settings["central"] == "eng_Latn" and settings["seq_len"] == 24
     info = json.loads((out / "subspaces.json").read_text())
     assert info["languages"] == LANGS and len(info["blocks"]) == 2
-    rows = list(csv.DictReader(open(out / "distances.csv")))
+    with open(out / "distances.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
     assert len(rows) == 2 * 9 and rows[0]["language_a"] == "eng_Latn"
 
 
@@ -60,7 +61,7 @@ def test_lens_command_exports(tmp_path, capsys):
     assert "Lens trained blocks 3 of 3 in 2 steps" in err and "reload check" in err
     source = AutoModelForCausalLM.from_pretrained(str(model_dir)).state_dict()
     reloaded = AutoModelForCausalLM.from_pretrained(str(out))
-    prefix, blocks = find_blocks(reloaded)
+    prefix, _ = find_blocks(reloaded)
     changed = {k for k, v in reloaded.state_dict().items() if not torch.equal(v, source[k])}
     assert changed and all(k.startswith(f"{prefix}.2.") for k in changed)
     card = (out / "README.md").read_text()

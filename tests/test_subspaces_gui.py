@@ -128,7 +128,7 @@ def test_two_languages_use_the_agnostic_axis(qtbot, win, tmp_path):
     p.measure()
     qtbot.waitUntil(lambda: p.subspaces is not None, timeout=LONG)
     idle(qtbot, win)
-    x, y = p.scatter.getData()
+    _, y = p.scatter.getData()
     np.testing.assert_allclose(y, p.subspaces.agnostic_coords[-1])
 
 

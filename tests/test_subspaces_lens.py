@@ -136,7 +136,7 @@ def test_restore_is_bit_exact_and_only_top_blocks_change(tokenizer, tmp_path):
     snap = snapshot(loaded.model)
     flags = {n: p.requires_grad for n, p in loaded.model.named_parameters()}
     res = apply_lens(loaded, small_cfg(write_texts(tmp_path), top_blocks=2))
-    prefix, blocks = find_blocks(loaded.model)
+    prefix, _ = find_blocks(loaded.model)
     assert res.blocks == [1, 2]
     changed = {k for k, v in loaded.model.state_dict().items() if not torch.equal(v, snap[k])}
     assert changed and all(k.startswith((f"{prefix}.1.", f"{prefix}.2.")) for k in changed)
@@ -176,7 +176,7 @@ def test_divergence_restores_and_explains(tokenizer, tmp_path):
 
 def test_divergence_after_steps_restores(tokenizer, tmp_path, monkeypatch):
     """A loss that turns NaN after the weights have moved still leaves the model as it was."""
-    import polyprune.subspaces.lens as lens
+    from polyprune.subspaces import lens
 
     loaded = loaded_tiny("llama", tokenizer)
     snap = snapshot(loaded.model)

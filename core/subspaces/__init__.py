@@ -21,7 +21,9 @@ _LAZY = {
     "LensResult": ".lens", "apply_lens": ".lens", "export_lens": ".lens", "training_rows": ".lens",
 }
 
-__all__ = ["LensConfig", "SubspacesConfig", *_LAZY]
+__all__ = ["LensConfig", "SubspacesConfig", "decompose", "decompose_block", "projector", "last_token_states",
+           "FILE_NAME", "Subspaces", "compute_subspaces", "load_subspaces", "LensResult", "apply_lens", "export_lens",
+           "training_rows"]
 
 
 def __getattr__(name: str):

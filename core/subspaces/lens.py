@@ -117,7 +117,10 @@ class LensGeometry:
     def from_subspaces(cls, sub: Subspaces, central: str, targets: list[str], device) -> "LensGeometry":
         a = sub.agnostic[-1] / np.linalg.norm(sub.agnostic[-1])
         dirs = sub.directions(central)[-1]
-        t = lambda x: torch.tensor(np.asarray(x), dtype=torch.float32, device=device)  # noqa: E731
+
+        def t(x):
+            return torch.tensor(np.asarray(x), dtype=torch.float32, device=device)
+
         return cls(t(a), t(sub.specific[-1]), {g: t(dirs[sub.index(g)]) for g in targets})
 
     def project_agnostic(self, h: torch.Tensor) -> torch.Tensor:
@@ -405,7 +408,10 @@ def _train(model, tokenized, cfg: LensConfig, geo: LensGeometry, ref_c, ref_t, p
 def lens_card(result: LensResult) -> str:
     """The model card's Lens section (Markdown): every setting, the trained blocks, before/after."""
     c = result.config
-    names = lambda codes: ", ".join(f"{language_name(x)} ({x})" for x in codes)  # noqa: E731
+
+    def names(codes):
+        return ", ".join(f"{language_name(x)} ({x})" for x in codes)
+
     lines = ["## Lens (language subspaces)", "",
              "The top blocks of this model were fine-tuned with Lens (Zhao et al. 2024, arXiv 2410.04407) by "
              "Polyprune: the target languages were drawn towards the central language along the language-agnostic "
