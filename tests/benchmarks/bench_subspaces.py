@@ -13,6 +13,9 @@ the difference (same resampled items for both, 1000 resamples).
 
 Each model's item scores are written to ``OUT/<model>/items.json`` as soon as it is evaluated; a
 rerun skips the models already evaluated (Lens and pruning are deterministic and run again).
+Options ``--lr``, ``--top-blocks``, ``--align-weight``, ``--separate-weight`` change Lens; copy
+``dense/items.json`` of an earlier run into a new OUT to reuse the dense evaluation.
+
 Writes ``OUT/paired.csv``, ``OUT/paired.md``, ``OUT/lens_<model>.json`` and ``OUT/paired.png``.
 """
 from __future__ import annotations
@@ -120,8 +123,11 @@ def figure(rows: list[dict], path: Path) -> None:
             p.addItem(pg.BarGraphItem(x=x, height=y, width=0.6, brush="#4C78A8"))
             p.addItem(pg.ErrorBarItem(x=x, y=y, top=hi, bottom=lo, beam=0.2, pen=pg.mkPen("#222", width=1.5)))
             p.addLine(y=0, pen=pg.mkPen("#888"))
-            p.getAxis("bottom").setTicks([[(i, f"{r['task'].replace('flores_ppl', 'flores')}\n{r['language']}")
+            p.getAxis("bottom").setTicks([[(i, f"{r['task'].replace('flores_ppl', 'flores')} {r['language']}")
                                            for i, r in enumerate(sel)]])
+            p.getAxis("bottom").setStyle(hideOverlappingLabels=False)
+            for ax in ("left", "bottom"):
+                p.getAxis(ax).setTextPen("#333")
             p.setLabel("left", unit)
     win.grab().save(str(path))
 
@@ -132,14 +138,28 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=200, help="items per task and language (FLORES sentences too)")
     ap.add_argument("--data", default=None)
     ap.add_argument("--skip-pruned", action="store_true")
+    ap.add_argument("--figure-only", action="store_true", help="redraw OUT/paired.png from OUT/paired.csv")
+    ap.add_argument("--lr", type=float, default=None, help="Lens learning rate (default: the paper's)")
+    ap.add_argument("--top-blocks", type=int, default=None)
+    ap.add_argument("--align-weight", type=float, default=None)
+    ap.add_argument("--separate-weight", type=float, default=None)
     a = ap.parse_args(argv)
     torch.manual_seed(0)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.figure_only:
+        with open(out / "paired.csv", newline="") as fh:
+            rows = [{k: (float(v) if k in ("difference", "ci_low", "ci_high") else v) for k, v in r.items()}
+                    for r in csv.DictReader(fh)]
+        figure(rows, out / "paired.png")
+        return 0
     data = Path(a.data) if a.data else default_data_dir()
     loaded = load_model("demo")
     cfg = LensConfig(central="eng_Latn", targets=["swh_Latn", "hin_Deva"], texts=f"flores:{data / 'flores200'}",
-                     space_texts=f"flores:{data / 'flores200'}")
+                     space_texts=f"flores:{data / 'flores200'}", top_blocks=a.top_blocks)
+    for name in ("lr", "align_weight", "separate_weight"):
+        if getattr(a, name) is not None:
+            setattr(cfg, name, getattr(a, name))
     (out / "settings.json").write_text(json.dumps({"limit": a.limit, "tasks": TASKS, "lens": cfg.validate().to_dict(),
                                                    "torch_threads": torch.get_num_threads()}, indent=1))
     rows = []
