@@ -26,7 +26,7 @@ from .progress import tqdm_progress
 from .recipe import METRICS, DemoConfig, EvalConfig, FeatureConfig, PruneConfig, Recipe
 
 #: Feature packages that add subcommands (module path, imported lazily to keep ``--help`` fast).
-COMMAND_MODULES: list[str] = ["polyprune.heads.cli", "polyprune.slimming.cli"]
+COMMAND_MODULES: list[str] = ["polyprune.heads.cli", "polyprune.subspaces.cli", "polyprune.slimming.cli"]
 
 _D, _P, _E = DemoConfig(), PruneConfig(), EvalConfig()
 

@@ -239,6 +239,11 @@ def _related(a: Path, b: Path) -> bool:
     return a == b or b in a.parents or a in b.parents
 
 
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article (``an export folder``, ``a results file``)."""
+    return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
+
+
 def check_output(target: str | Path, *, sources: Iterable[str | Path | None] = (), overwrite: bool = False,
                  kind: str = "folder", what: str = "output folder", replace_hint: str = "pass --overwrite") -> Path:
     """Validate an output path before any work is done; return it resolved.
@@ -263,7 +268,7 @@ def check_output(target: str | Path, *, sources: Iterable[str | Path | None] = (
         s = Path(src).expanduser().resolve()
         if _related(out, s) if kind == "folder" else (out == s or s in out.parents):
             raise PolypruneError(f"The {what} {out} would overwrite the source {s} (or lie inside it)",
-                                 f"choose a {what} outside {s}; the source is never modified")
+                                 f"choose {_a(what)} outside {s}; the source is never modified")
     if out.exists() or out.is_symlink():
         is_dir = out.is_dir()
         if kind == "folder" and not is_dir:
@@ -285,7 +290,7 @@ def check_output(target: str | Path, *, sources: Iterable[str | Path | None] = (
     if not existing.is_dir():
         raise PolypruneError(f"Cannot create the {what} {out}: {existing} is not a folder", "choose another location")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise PolypruneError(f"No permission to write in {existing}", f"choose a {what} in a folder you can write to")
+        raise PolypruneError(f"No permission to write in {existing}", f"choose {_a(what)} in a folder you can write to")
     return out
 
 

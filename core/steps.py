@@ -28,6 +28,8 @@ from .models import LoadedModel
 from .progress import Progress
 from .recipe import Recipe
 from .slimming.config import SlimConfig
+from .subspaces.config import LensConfig
+from .subspaces.lens import apply_lens, lens_card
 from .slimming.run import slim
 
 
@@ -89,7 +91,6 @@ def check_step(name: str, settings) -> dict:
         raise PolypruneError(f"The settings of step {name} are not a mapping", f"write {name}: {{...}}")
     if name == "remove_heads":
         return heads_config(Recipe(heads=settings)).to_dict()
-    from .subspaces.config import LensConfig  # noqa: PLC0415 - see run_step
     return LensConfig.from_dict(dict(settings)).to_dict()
 
 
@@ -113,7 +114,6 @@ def check_step_settings(recipe: Recipe) -> None:
     if "slim" in recipe.steps:
         slim_config(recipe)
     if "lens" in recipe.steps:
-        from .subspaces.config import LensConfig  # noqa: PLC0415 - see run_step
         LensConfig.from_dict(dict(recipe.lens or {}))
 
 
@@ -147,8 +147,6 @@ def run_step(step: str, loaded: LoadedModel, recipe: Recipe, changes: StepChange
                            "settings": cfg.to_dict()}
         log(f"Removed {sum(len(h) for h in heads.values())} attention heads (soft cut; {rule})")
     elif step == "lens":
-        from .subspaces.config import LensConfig  # noqa: PLC0415 - the subspaces package loads its GUI-free core lazily
-        from .subspaces.lens import apply_lens, lens_card
         cfg = LensConfig.from_dict(dict(recipe.lens or {}))
         result = apply_lens(loaded, cfg, progress)
         changes.undo.append(result)

@@ -33,6 +33,7 @@ from .panels.model_panel import ModelPanel
 from .panels.pruning_panel import PruningPanel
 from .panels.slim_panel import SlimPanel
 from .panels.study_panel import StudyPanel
+from .panels.subspaces_panel import SubspacesPanel
 from .state import AppState
 from .style import STYLE_SHEET
 from .widgets import GLOSSARY, GLOSSARY_TITLES, window_words
@@ -60,7 +61,7 @@ def lower_thread_priority(nice: int = WORKER_NICE) -> None:
 #: ``set_busy(busy, name)``; it becomes a tab and ``window.<snake_case_class_name>``
 #: (``ModelPanel`` -> ``window.model_panel``). Adding a panel is adding its class here.
 PANELS: list[type] = [ModelPanel, DemosPanel, FeaturesPanel, PruningPanel, EvaluationPanel, ExportPanel, StudyPanel,
-                      HeadsPanel, SlimPanel]
+                      HeadsPanel, SubspacesPanel, SlimPanel]
 
 def expected_failure(tb: str) -> bool:
     """Whether a job's traceback ends in a :class:`~polyprune.errors.PolypruneError` (a mistake the

@@ -13,7 +13,7 @@ from PySide6.QtCore import QRectF, QStringListModel, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFont, QPainter
 from PySide6.QtSvg import QSvgGenerator
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QCompleter, QFileDialog, QGroupBox, QHBoxLayout,
-                               QHeaderView, QLabel, QPushButton, QTableWidget, QToolButton, QVBoxLayout,
+                               QHeaderView, QLabel, QListWidget, QListWidgetItem, QPushButton, QTableWidget, QToolButton, QVBoxLayout,
                                QWidget)
 
 from polyprune.errors import PolypruneError
@@ -294,6 +294,58 @@ class LanguagePicker(QComboBox):
 # --------------------------------------------------------------------------------------------
 # plots
 # --------------------------------------------------------------------------------------------
+class LanguageList(QWidget):
+    """A language picker with Add and Remove, and the chosen languages as a wrapping list.
+
+    ``codes()`` gives the FLORES codes in the order they were added."""
+
+    def __init__(self, codes: list[str], tooltip: str, first: str = "eng_Latn"):
+        super().__init__()
+        self.picker = LanguagePicker(first)
+        self.picker.setMinimumContentsLength(12)
+        self.picker.setToolTip(tooltip + " " + self.picker.toolTip())
+        self.add_btn = QPushButton("Add")
+        self.add_btn.setToolTip("Add the language chosen on the left")
+        self.add_btn.clicked.connect(lambda: self.add_code(self.picker.code()))
+        self.remove_btn = QPushButton("Remove")
+        self.remove_btn.setToolTip("Remove the languages selected in the list")
+        self.remove_btn.clicked.connect(self.remove_selected)
+        self.list = QListWidget()
+        self.list.setFlow(QListWidget.LeftToRight)
+        self.list.setWrapping(True)
+        self.list.setMaximumHeight(52)
+        self.list.setSelectionMode(QAbstractItemView.ExtendedSelection)
+        self.list.setToolTip(tooltip)
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.picker, 1)
+        row.addWidget(self.add_btn)
+        row.addWidget(self.remove_btn)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addLayout(row)
+        lay.addWidget(self.list)
+        self.set_codes(codes)
+
+    def add_code(self, code: str | None) -> None:
+        if code and code not in self.codes():
+            it = QListWidgetItem(display_label(code))
+            it.setData(Qt.UserRole, code)
+            self.list.addItem(it)
+
+    def remove_selected(self) -> None:
+        for it in self.list.selectedItems():
+            self.list.takeItem(self.list.row(it))
+
+    def codes(self) -> list[str]:
+        return [self.list.item(i).data(Qt.UserRole) for i in range(self.list.count())]
+
+    def set_codes(self, codes: list[str]) -> None:
+        self.list.clear()
+        for c in codes:
+            self.add_code(c)
+
+
 def style_plot(plot: pg.PlotItem, title: str, left: str, bottom: str) -> None:
     """Title, axis labels and a light grid for a plot."""
     plot.setTitle(plot_title(title))

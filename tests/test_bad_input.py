@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Callable
 import pytest
 import torch
 
-from conftest import make_tiny_model, make_tokenizer, save_tiny
+from conftest import make_tokenizer, save_tiny
 from polyprune.cli import main
 from polyprune.fileio import write_marker
 

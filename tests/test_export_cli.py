@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import make_tokenizer, save_tiny, shared_data_dir
+from conftest import save_tiny, shared_data_dir
 from polyprune.cli import main
 from polyprune.calibration import tokenize
 from polyprune.errors import PolypruneError

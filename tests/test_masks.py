@@ -69,7 +69,6 @@ def test_shape_mismatch_names_the_module(tmp_path):
 
 def test_signature_mismatch(tmp_path):
     """Same module names and shapes but a model with an extra block: refused through the signature."""
-    import transformers as tf
     from transformers import AutoModelForCausalLM
     from conftest import make_config
     small = make_tiny_model("llama")

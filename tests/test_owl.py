@@ -9,7 +9,7 @@ import torch
 from conftest import FAMILIES, make_tiny_model, make_tokenizer
 from polyprune.calibration import tokenize
 from polyprune.errors import PolypruneError
-from polyprune.models import all_prunable, find_blocks, prunable_linears, weight_matrix
+from polyprune.models import find_blocks, prunable_linears, weight_matrix
 from polyprune.pruning.owl import allocate, outlier_ratio
 from polyprune.pruning import prune
 from polyprune.recipe import PruneConfig

@@ -9,7 +9,7 @@ import torch
 from conftest import FAMILIES, make_tiny_model, make_tokenizer
 from polyprune.calibration import tokenize
 from polyprune.errors import Cancelled, PolypruneError
-from polyprune.models import all_prunable, find_blocks, prunable_linears, weight_matrix
+from polyprune.models import all_prunable, weight_matrix
 from polyprune.progress import Progress
 from polyprune.pruning import prune
 from polyprune.recipe import PruneConfig

@@ -324,6 +324,6 @@ def test_export_refuses_the_source_folder(tokenizer, tmp_path):
     loaded = load_model(str(src_dir))
     res = apply_lens(loaded, small_cfg(write_texts(tmp_path), samples=2, warmup=0.0))
     before = sorted(p.name for p in src_dir.iterdir())
-    with pytest.raises(PolypruneError, match="would overwrite the source model"):
+    with pytest.raises(PolypruneError, match="would overwrite the source"):
         export_lens(loaded, res, src_dir)
     assert sorted(p.name for p in src_dir.iterdir()) == before

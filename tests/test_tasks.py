@@ -1,4 +1,4 @@
-"""Tests for polyprune.tasks: harness-exact requests for every task, metrics, CIs, RankC, errors."""
+"""Tests for polyprune.evaluation.tasks: harness-exact requests for every task, metrics, CIs, RankC, errors."""
 from __future__ import annotations
 
 import json

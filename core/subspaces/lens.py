@@ -46,7 +46,8 @@ import torch
 
 from polyprune.datasets import language_texts, load_pairs, tokenize_texts
 from polyprune.errors import PolypruneError
-from polyprune.export import check_target, export
+from polyprune.export import export
+from polyprune.fileio import check_output
 from polyprune.fileio import dumps
 from polyprune.languages import language_name
 from polyprune.models import find_blocks
@@ -459,10 +460,14 @@ def export_lens(loaded, result: LensResult, out: str | Path, *, overwrite: bool 
     extra = {"lens_config.json": dumps(result.summary()) + "\n", "lens_history.csv": result.history_csv(),
              FILE_NAME: result.subspaces.to_bytes()}
     return export(loaded.model, loaded.tokenizer, out, report, source=loaded.path, overwrite=overwrite,
-                  progress=progress, extra_files=extra, card_extra=lens_card(result))
+                  progress=progress, extra_files=extra, card_extra=lens_card(result)).path
 
 
 def check_export_target(loaded_or_path, out: str | Path, overwrite: bool = False) -> Path:
-    """Check an export folder before training (see :func:`polyprune.export.check_target`)."""
+    """Check an export folder before training (see :func:`polyprune.fileio.check_output`).
+
+    Raises:
+        PolypruneError: the folder is the source model's or inside it, or exists without ``overwrite``.
+    """
     source = getattr(loaded_or_path, "path", loaded_or_path)
-    return check_target(out, source, overwrite)
+    return check_output(out, sources=[source], overwrite=overwrite, what="export folder")

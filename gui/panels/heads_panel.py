@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QRectF, Qt
-from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
-                               QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPushButton, QScrollArea, QSpinBox,
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
+                               QHBoxLayout, QLabel, QLineEdit, QPushButton, QScrollArea, QSpinBox,
                                QSplitter, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from polyprune.errors import PolypruneError
@@ -19,7 +19,7 @@ from polyprune.heads.removal import describe_heads, propose_removal
 from polyprune.heads.stats import agreement
 from polyprune.languages import display_label, language_name
 
-from ..widgets import LanguagePicker, PlotBox, group, heading, help_label, plot_title, primary, results_table, style_plot
+from ..widgets import LanguageList, PlotBox, group, heading, help_label, plot_title, primary, results_table, style_plot
 
 #: Colour-blind-safe palette (Okabe-Ito, then Tableau) for languages; shared heads dark grey.
 PALETTE = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#4C78A8", "#F58518",
@@ -40,56 +40,6 @@ def head_map_image(label: np.ndarray) -> np.ndarray:
     for (l, h), lab in np.ndenumerate(label):
         img[l, h] = _rgb(PALETTE[lab % len(PALETTE)] if lab >= 0 else SHARED_COLOR if lab == -2 else NONE_COLOR)
     return img
-
-
-class LanguageList(QWidget):
-    """A language picker with Add, and the chosen languages as a list (Delete removes one)."""
-
-    def __init__(self, codes: list[str], tooltip: str):
-        super().__init__()
-        self.picker = LanguagePicker("eng_Latn")
-        self.picker.setMinimumContentsLength(12)
-        self.picker.setToolTip(tooltip + " " + self.picker.toolTip())
-        self.add = QPushButton("Add")
-        self.add.setToolTip("Add the language chosen on the left")
-        self.add.clicked.connect(lambda: self.add_code(self.picker.code()))
-        self.remove = QPushButton("Remove")
-        self.remove.setToolTip("Remove the languages selected in the list")
-        self.remove.clicked.connect(self._remove_selected)
-        self.list = QListWidget()
-        self.list.setFlow(QListWidget.LeftToRight)
-        self.list.setWrapping(True)
-        self.list.setMaximumHeight(52)
-        self.list.setSelectionMode(QAbstractItemView.ExtendedSelection)
-        self.list.setToolTip(tooltip)
-        row = QHBoxLayout()
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.picker, 1)
-        row.addWidget(self.add)
-        row.addWidget(self.remove)
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addLayout(row)
-        lay.addWidget(self.list)
-        self.set_codes(codes)
-
-    def add_code(self, code: str | None) -> None:
-        if code and code not in self.codes():
-            it = QListWidgetItem(display_label(code))
-            it.setData(Qt.UserRole, code)
-            self.list.addItem(it)
-
-    def _remove_selected(self) -> None:
-        for it in self.list.selectedItems():
-            self.list.takeItem(self.list.row(it))
-
-    def codes(self) -> list[str]:
-        return [self.list.item(i).data(Qt.UserRole) for i in range(self.list.count())]
-
-    def set_codes(self, codes: list[str]) -> None:
-        self.list.clear()
-        for c in codes:
-            self.add_code(c)
 
 
 def _spin(lo, hi, value, tip, double=False, step=None):

@@ -16,7 +16,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QHBoxLayout, QLabel,
-                               QLineEdit, QListWidget, QListWidgetItem, QPushButton, QScrollArea, QSlider, QSpinBox, QSplitter,
+                               QLineEdit, QPushButton, QScrollArea, QSlider, QSpinBox, QSplitter,
                                QTableWidgetItem, QVBoxLayout, QWidget)
 
 from polyprune.errors import PolypruneError
@@ -26,7 +26,7 @@ from polyprune.subspaces import LensConfig, SubspacesConfig
 from polyprune.subspaces.lens import apply_lens, export_lens
 from polyprune.subspaces.space import compute_subspaces, load_subspaces, save_folder
 
-from ..widgets import LanguagePicker, PlotBox, group, heading, help_label, primary, results_table, style_plot
+from ..widgets import LanguageList, PlotBox, group, heading, help_label, primary, results_table, style_plot
 
 #: Colour-blind-safe categorical colours (Okabe-Ito, then Tableau) for languages.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000",
@@ -44,51 +44,6 @@ def short_codes(codes: list[str]) -> list[str]:
     """Axis labels: the ISO 639-3 part of each FLORES code (``eng``), the whole code where two share it."""
     iso = [c.split("_")[0] for c in codes]
     return [i if iso.count(i) == 1 else c for i, c in zip(iso, codes)]
-
-
-class LanguageList(QWidget):
-    """A list of languages picked by name (a :class:`LanguagePicker`, Add and Remove buttons)."""
-
-    def __init__(self, codes: list[str], tooltip: str):
-        super().__init__()
-        self.list = QListWidget()
-        self.list.setMaximumHeight(96)
-        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-        self.list.setToolTip(tooltip)
-        self.picker = LanguagePicker("fra_Latn")
-        self.picker.setMinimumContentsLength(14)
-        self.add_btn = QPushButton("Add")
-        self.add_btn.setToolTip("Add the language chosen on the left")
-        self.remove_btn = QPushButton("Remove")
-        self.remove_btn.setToolTip("Remove the selected language from the list")
-        self.add_btn.clicked.connect(lambda: self.add(self.picker.code()))
-        self.remove_btn.clicked.connect(self.remove_selected)
-        lay = QGridLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.list, 0, 0)
-        lay.addWidget(self.remove_btn, 0, 1, Qt.AlignTop)
-        lay.addWidget(self.picker, 1, 0)
-        lay.addWidget(self.add_btn, 1, 1)
-        lay.setColumnStretch(0, 1)
-        self.set_codes(codes)
-
-    def codes(self) -> list[str]:
-        return [self.list.item(i).data(Qt.UserRole) for i in range(self.list.count())]
-
-    def set_codes(self, codes) -> None:
-        self.list.clear()
-        for c in codes:
-            self.add(c)
-
-    def add(self, code: str | None) -> None:
-        if code and code not in self.codes():
-            item = QListWidgetItem(display_label(code))
-            item.setData(Qt.UserRole, code)
-            self.list.addItem(item)
-
-    def remove_selected(self) -> None:
-        for item in self.list.selectedItems():
-            self.list.takeItem(self.list.row(item))
 
 
 class SubspacesPanel(QWidget):

@@ -14,7 +14,7 @@ replaces only the dataset with ``dataset_path: json`` and ``data_files`` pointin
 ``<data>/<task>/<split>.<lang>.jsonl``. The harness runs through its Python API
 (``lm_eval.simple_evaluate`` on an ``HFLM`` loaded from the same model folder, float32, CPU
 unless CUDA is available, ``batch_size=B`` requests, ``limit=N``, ``log_samples=True``), and ours
-through :func:`polyprune.tasks.evaluate_tasks` on :func:`polyprune.models.load_model` of the same
+through :func:`polyprune.evaluation.evaluate_tasks` on :func:`polyprune.models.load_model` of the same
 folder, with ``batch_size=B`` documents (each with all its choices: 3B XNLI requests per
 forward pass; our peak memory is bounded by the engine's LM-head chunk of at most 2,048 scored
 rows, not by the batch, whereas the harness forms ``[B, tokens, vocab]`` float32 logits and

@@ -69,11 +69,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
 
-    from polyprune.demos import DemoConfig, build_calibration
+    from polyprune.calibration import sources
+    from polyprune.datasets import default_data_dir
     from polyprune.models import load_model
     from polyprune.pruning import prune, restore
-from polyprune.recipe import PruneConfig
-    from polyprune.datasets import default_data_dir
+    from polyprune.recipe import DemoConfig, PruneConfig
 
     demos = a.demos
     if demos is None:
@@ -82,8 +82,8 @@ from polyprune.recipe import PruneConfig
     shots = a.shots if demos != "builtin" else 1
     samples = a.samples if demos != "builtin" else min(a.samples, 36)
     lm = load_model(a.model, a.device, a.dtype)
-    cal = build_calibration(DemoConfig(source=demos, src=a.src, tgt=a.tgt, shots=shots, samples=samples,
-                                       seq_len=a.seq_len), lm.tokenizer)
+    cal = sources.demos(lm.tokenizer, DemoConfig(source=demos, src=a.src, tgt=a.tgt, shots=shots, samples=samples,
+                                                          seq_len=a.seq_len))
     cfg = PruneConfig(method=a.method, sparsity=a.sparsity, pattern=a.pattern, batch_size=a.batch_size)
     if a.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

@@ -37,7 +37,7 @@ from polyprune.models import load_model
 from polyprune.pruning import PruneConfig, prune
 from polyprune.study import paired_difference
 from polyprune.subspaces import LensConfig, apply_lens
-from polyprune.tasks import evaluate_tasks
+from polyprune.evaluation import evaluate_tasks
 
 TASKS = {"xnli": ["en", "sw", "hi"], "xstorycloze": ["en", "sw", "hi"],
          "flores_ppl": ["eng_Latn", "swh_Latn", "hin_Deva"]}
