@@ -152,7 +152,8 @@ def run_step(step: str, loaded: LoadedModel, recipe: Recipe, changes: StepChange
         changes.undo.append(result)
         changes.card.append(lens_card(result))
         report["lens"] = result.summary()
-        log(f"Lens: trained blocks {result.blocks} for {result.steps} steps")
+        log(f"Lens: trained block{'s' if len(result.blocks) > 1 else ''} "
+            f"{', '.join(str(b + 1) for b in result.blocks)} of {result.subspaces.n_blocks} in {result.steps} steps")
     else:
         raise PolypruneError(f"Unknown step {step!r}", "use prune, remove_heads, lens or slim")
     changes.timings[f"{step}_s"] = time.perf_counter() - t

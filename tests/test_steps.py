@@ -86,3 +86,52 @@ def test_study_cell_with_head_removal_step(tmp_path):
         assert torch.equal(p, before[n]), n
     with pytest.raises(PolypruneError, match="single steps"):
         S.plan(S.StudyConfig(calibration=cfg.calibration, methods=[{"method": "wanda", "steps": {"lens": {}}}]))
+
+
+def test_prune_then_lens(tmp_path):
+    """Recipe steps ``[prune, lens]``: the export holds the pruned model with only the top block trained,
+    Lens's settings in report and card; blocks below the top are the pruned weights, bit for bit."""
+    from safetensors.torch import load_file
+
+    from test_subspaces import write_texts
+
+    src = save_tiny(tmp_path, "llama")
+    texts = write_texts(tmp_path)
+    common = f"""
+model: {src}
+demos: {{shots: 1, samples: 4, seq_len: 16}}
+pruning: {{method: wanda, sparsity: 0.5}}
+"""
+    lens = (f"lens: {{central: eng_Latn, targets: [swh_Latn], top_blocks: 1, texts: '{texts}', samples: 4, seq_len: 24,"
+            f" space_samples: 5, space_seq_len: 24, lr: 0.001, accumulation: 2, shuffle: false}}\n")
+    assert main(["run", str(write_recipe(tmp_path / "p.yaml", common)), "--out", str(tmp_path / "pruned")]) == 0
+    r = write_recipe(tmp_path / "r.yaml", common + "steps: [prune, lens]\n" + lens)
+    assert main(["run", str(r), "--out", str(tmp_path / "out")]) == 0
+    pruned, lensed = load_file(tmp_path / "pruned" / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    assert pruned.keys() == lensed.keys()
+    top = AutoModelForCausalLM.from_pretrained(src).config.num_hidden_layers - 1
+    changed = {k for k in pruned if not torch.equal(pruned[k], lensed[k])}
+    assert changed and all(k.startswith(f"model.layers.{top}.") for k in changed), changed
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["lens"]["config"]["targets"] == ["swh_Latn"] and rep["pruning"]["overall_sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert "Lens" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_bad_lens_step_fails_before_loading():
+    with pytest.raises(PolypruneError, match="top_blocks"):
+        check_recipe(Recipe(model="/nowhere/at/all", steps=["prune", "lens"], lens={"top_blocks": 0}))
+
+
+@pytest.mark.parametrize("name", ["calibration_language.yaml", "lens_after_pruning.yaml"])
+def test_bundled_studies_plan(name):
+    """The example studies shipped in resources/studies parse, and their steps' settings are valid."""
+    from importlib.resources import files
+
+    from polyprune import study as S
+
+    cfg = S.load_study(str(files("polyprune.resources") / "studies" / name))
+    cells = S.plan(cfg)
+    assert cells and S.reference_cell(cells, cfg.reference) in cells
+    if name == "lens_after_pruning.yaml":
+        assert [c.no_pruning for c in cells] == [False, False, True]
+        assert [s[0] for c in cells for s in c.steps] == ["lens", "lens"]
