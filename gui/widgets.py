@@ -13,7 +13,7 @@ from PySide6.QtCore import QRectF, QStringListModel, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFont, QPainter
 from PySide6.QtSvg import QSvgGenerator
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QCompleter, QFileDialog, QGroupBox, QHBoxLayout,
-                               QHeaderView, QLabel, QListWidget, QListWidgetItem, QPushButton, QTableWidget, QToolButton, QVBoxLayout,
+                               QHeaderView, QLabel, QListView, QListWidget, QListWidgetItem, QPushButton, QTableWidget, QToolButton, QVBoxLayout,
                                QWidget)
 
 from polyprune.errors import PolypruneError
@@ -313,6 +313,8 @@ class LanguageList(QWidget):
         self.list = QListWidget()
         self.list.setFlow(QListWidget.LeftToRight)
         self.list.setWrapping(True)
+        self.list.setResizeMode(QListView.Adjust)  # re-wrap when the panel is resized, no sideways scrolling
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.list.setMaximumHeight(52)
         self.list.setSelectionMode(QAbstractItemView.ExtendedSelection)
         self.list.setToolTip(tooltip)
@@ -347,14 +349,19 @@ class LanguageList(QWidget):
 
 
 def style_plot(plot: pg.PlotItem, title: str, left: str, bottom: str) -> None:
-    """Title, axis labels and a light grid for a plot."""
+    """Title, axis labels and a light grid for a plot; an empty plot spans 0..1 on both axes.
+
+    Axis numbers are shown as they are: pyqtgraph's automatic SI prefix would label an empty plot
+    "(x0.001)" and a block axis "block (x0.001)" before any data arrives."""
     plot.setTitle(plot_title(title))
     plot.setLabel("left", left)
     plot.setLabel("bottom", bottom)
     plot.showGrid(x=False, y=True, alpha=0.25)
     for ax in ("left", "bottom"):
+        plot.getAxis(ax).enableAutoSIPrefix(False)
         plot.getAxis(ax).setTextPen("#333333")
         plot.getAxis(ax).setPen("#888888")
+    plot.setRange(xRange=(0, 1), yRange=(0, 1), padding=0.05)
 
 
 def plot_title(title: str, subtitle: str = "") -> str:

@@ -114,6 +114,10 @@ class ModelPanel(QWidget):
             "<li><b>Evaluation</b> — compare dense and pruned variants per language, with 95 % intervals and a "
             "verdict per result (Ctrl+E); try them side by side on a prompt.</li>"
             "<li><b>Export</b> — save a variant with its model card (Ctrl+Shift+E).</li></ol>"
+            "Further: <b>Studies</b> compare calibration languages and methods on one model; <b>Heads</b> finds "
+            "the attention heads of each language and removes those of languages you do not need; "
+            "<b>Subspaces</b> shows where the model keeps its languages, and Lens pulls a weak language towards "
+            "a strong one; <b>Slim</b> makes a smaller checkpoint for the languages you keep.<br><br>"
             "File → Save recipe (Ctrl+S) stores every setting; <code>polyprune run recipe.yaml</code> replays "
             "the session without the window. Hover over any control for an explanation; F1 opens the glossary.")
         steps_lay = QVBoxLayout()
