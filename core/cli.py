@@ -74,12 +74,31 @@ def block_list(text: str | None) -> list[int]:
 # --------------------------------------------------------------------------------------------
 # arguments
 # --------------------------------------------------------------------------------------------
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, *, dtype: str | None = "float32", dtype_flag: str = "--dtype",
+                   dtype_help: str | None = None, device: str | None = None) -> None:
+    """The model options every command shares (``--model``, ``--device``, the precision,
+    ``--trust-remote-code``); ``dtype=None`` means bfloat16 on a GPU, float32 on the CPU (see
+    :func:`load_from_args`). Commands in other packages (heads, subspaces, slimming) use it too."""
     g = p.add_argument_group("model")
     g.add_argument("--model", default="demo", help="'demo', a local Hugging Face folder, a .gguf file or a hub id")
-    g.add_argument("--device", default=None, help="cpu, cuda[:N] or mps (default: cuda if available)")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    g.add_argument("--device", default=device,
+                   help="cpu, cuda[:N] or mps" + ("" if device else " (default: cuda if available)"))
+    g.add_argument(dtype_flag, default=dtype, choices=["float32", "bfloat16", "float16"],
+                   help=dtype_help or ("default: bfloat16 on a GPU, float32 on the CPU" if dtype is None else None))
     g.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with the checkpoint")
+
+
+def load_from_args(a, progress=None, dtype: str | None = None):
+    """Load the model that :func:`add_model_args` options name (``dtype`` overrides ``a.dtype``).
+
+    Raises:
+        PolypruneError: see :func:`polyprune.models.load_model`.
+    """
+    from .models import default_device, load_model
+
+    device = a.device or default_device()
+    dtype = dtype or a.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    return load_model(a.model, device, dtype, a.trust_remote_code, progress)
 
 
 def add_demo_args(p: argparse.ArgumentParser) -> None:

@@ -13,7 +13,8 @@ from transformers import AutoModelForCausalLM
 from conftest import make_tokenizer, save_tiny
 from polyprune.errors import PolypruneError
 from polyprune.models import find_blocks
-from polyprune.subspaces.cli import add_parsers, main
+from polyprune.cli import main
+from polyprune.subspaces.cli import add_parsers
 from test_subspaces import LANGS, TEXTS, naive_decomposition, naive_means, write_texts
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli import add_model_args, load_from_args
 from ..errors import PolypruneError
 from ..languages import language_name
 from ..progress import tqdm_progress
@@ -24,14 +25,6 @@ _R = RemovalConfig()
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr)
-
-
-def _model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default="demo", help="'demo', a local Hugging Face folder, a .gguf file or a hub id")
-    g.add_argument("--device", default=None, help="cpu, cuda[:N] or mps (default: cuda if available)")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    g.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with the checkpoint")
 
 
 def _score_args(p: argparse.ArgumentParser, languages: bool = True) -> None:
@@ -61,7 +54,7 @@ def add_parsers(sub) -> None:
                        description="Score every attention head for every language (ablation and taylor), classify heads as "
                                    "specific to one language or shared, and with --cross remove each language's specific "
                                    "heads and measure perplexity on every language (held-out sentences).")
-    _model_args(p)
+    add_model_args(p)
     _score_args(p)
     p.add_argument("--cross", action="store_true", help="also measure the cross-effect matrix")
     p.add_argument("--out", required=True, help="output folder (head_scores.csv, .npz, settings, classification, cross-effects)")
@@ -73,7 +66,7 @@ def add_parsers(sub) -> None:
                                    "removed_heads.json. Give the heads (--heads \"BLOCK:H,H;BLOCK:H\") or the languages to "
                                    "drop and keep: Polyprune then proposes the heads in the top set of a dropped language "
                                    "and of no kept language.")
-    _model_args(p)
+    add_model_args(p)
     w = p.add_argument_group("which heads")
     w.add_argument("--heads", default=None, help='explicit heads, e.g. "3:0,2;7:1" (blocks and heads from 0)')
     w.add_argument("--drop", default=None, help="languages the deployment does not need (comma-separated)")
@@ -113,11 +106,6 @@ def config_from_args(a) -> HeadsConfig:
                        min_shared=a.min_shared, cross=bool(getattr(a, "cross", False)), cross_split=a.cross_split,
                        cross_samples=a.cross_samples, bootstrap=a.bootstrap, seed=a.seed,
                        removal=removal).validate(need_languages=removal is None)
-
-
-def _load(a, prog):
-    from ..models import default_device, load_model
-    return load_model(a.model, a.device or default_device(), a.dtype, a.trust_remote_code, prog)
 
 
 def _name(code: str) -> str:
@@ -161,7 +149,7 @@ def run_heads(a) -> int:
     check_output(a.out, overwrite=a.overwrite, what="heads output folder")
     prog = tqdm_progress("heads")
     try:
-        loaded = _load(a, prog.sub(0, 0.05))
+        loaded = load_from_args(a, prog.sub(0, 0.05))
         res = score_heads(loaded, cfg, prog.sub(0.05, 1.0))
         out = save_results(res, a.out, overwrite=a.overwrite, sources=[loaded.path])
     finally:
@@ -185,7 +173,7 @@ def run_remove_heads(a) -> int:
     check_output(a.out, overwrite=a.overwrite, what="export folder")
     prog = tqdm_progress("remove-heads")
     try:
-        loaded = _load(a, prog.sub(0, 0.05))
+        loaded = load_from_args(a, prog.sub(0, 0.05))
         res = remove_heads(loaded, cfg, a.out, overwrite=a.overwrite, scores=scores, progress=prog.sub(0.05, 1.0))
     finally:
         prog.bar.close()
@@ -201,27 +189,3 @@ def run_remove_heads(a) -> int:
     _log(f"Parameters {res.params_before:,} -> {res.params_after:,}; exported to {res.out}; "
          f"reload check: largest logit difference {res.reload_diff:.3g}")
     return 0
-
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m polyprune.heads.cli heads|remove-heads ...`` until the main CLI wires these commands."""
-    from ..errors import Cancelled
-
-    ap = argparse.ArgumentParser(prog="polyprune")
-    add_parsers(ap.add_subparsers(dest="cmd", required=True))
-    a = ap.parse_args(argv)
-    try:
-        return a.func(a)
-    except PolypruneError as e:
-        print(f"\npolyprune: error: {e.problem}", file=sys.stderr)
-        if e.fix:
-            print(f"  fix: {e.fix}", file=sys.stderr)
-        return 2
-    except (Cancelled, KeyboardInterrupt):
-        print("\npolyprune: cancelled; the model was left as it was", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,16 +12,9 @@ import argparse
 import sys
 from dataclasses import fields
 
+from ..cli import add_model_args
 from ..errors import PolypruneError
 from .config import DTYPES, GGUF_TYPES, TASKS, VOCAB_MODES, SlimConfig
-
-
-def _model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default="demo", help="'demo', a local Hugging Face folder, a .gguf file or a hub id")
-    g.add_argument("--device", default="cpu", help="cpu, cuda[:N] or mps")
-    g.add_argument("--load-dtype", default="float32", choices=DTYPES, help="precision the model is loaded in")
-    g.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with the checkpoint")
 
 
 def _slim_args(p: argparse.ArgumentParser) -> None:
@@ -79,12 +72,12 @@ def add_parsers(subparsers) -> None:
     """Add ``slim`` and ``slim-curve`` to the ``polyprune`` sub-commands."""
     p = subparsers.add_parser("slim", help="a smaller, faster model for the languages you keep (vocabulary, blocks, "
                                            "dtype, GGUF)")
-    _model_args(p)
+    add_model_args(p, dtype_flag="--load-dtype", dtype_help="precision the model is loaded in", device="cpu")
     _slim_args(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan and projected sizes; write nothing")
     p.set_defaults(func=run_slim)
     p = subparsers.add_parser("slim-curve", help="held-out NLL change per kept language against vocabulary size")
-    _model_args(p)
+    add_model_args(p, dtype_flag="--load-dtype", dtype_help="precision the model is loaded in", device="cpu")
     _slim_args(p)
     p.add_argument("--sizes", dest="curve_sizes", default=None,
                    help="vocabulary sizes, e.g. 20000,50000,100000 (default: 8 sizes)")

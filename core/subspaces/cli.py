@@ -15,11 +15,10 @@ Heavy modules are imported inside the commands, so ``polyprune --help`` stays fa
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from polyprune.errors import Cancelled, PolypruneError
+from polyprune.cli import add_model_args, load_from_args
 from polyprune.fileio import check_output, output_folder
 from polyprune.languages import resolve_language
 from polyprune.progress import tqdm_progress
@@ -38,22 +37,13 @@ def _list(text: str | None) -> list[str]:
     return [x.strip() for x in (text or "").split(",") if x.strip()]
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default="demo", help="'demo', a local Hugging Face folder, a .gguf file or a hub id")
-    g.add_argument("--device", default=None, help="cpu, cuda[:N] or mps (default: cuda if available)")
-    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="default: bfloat16 on a GPU, float32 on the CPU")
-    g.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with the checkpoint")
-
-
 def add_parsers(subparsers) -> None:
     """Add the ``subspaces`` and ``lens`` subcommands to an ``argparse`` subparsers object."""
     p = subparsers.add_parser("subspaces", help="measure language subspaces per block (Lens) and write DIR/subspaces.npz",
                               description="Per block: each language's mean last-token representation, the "
                                           "language-agnostic vector and the language-specific subspace "
                                           "(Zhao et al. 2024, Lens).")
-    _model_args(p)
+    add_model_args(p, dtype=None)
     p.add_argument("--languages", required=True, help="at least two FLORES-200 codes or names, comma-separated")
     p.add_argument("--central", default=None,
                    help="language directions are measured from (default: eng_Latn if given, else the first)")
@@ -72,7 +62,7 @@ def add_parsers(subparsers) -> None:
                                           "align with the central language in the language-agnostic direction and "
                                           "move along their own direction in the language-specific subspace, "
                                           "while the central language is retained.")
-    _model_args(p)
+    add_model_args(p, dtype=None)
     p.add_argument("--central", default=LENS_DEFAULTS.central, help="central language (the paper: English)")
     p.add_argument("--target", required=True, help="target language(s), comma-separated")
     p.add_argument("--top-blocks", type=int, default=None,
@@ -106,14 +96,6 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--out", required=True, help="export folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run_lens)
-
-
-def _load(a, progress):
-    from polyprune.models import default_device, load_model
-
-    device = a.device or default_device()
-    dtype = a.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-    return load_model(a.model, device, dtype, a.trust_remote_code, progress)
 
 
 def subspaces_config(a) -> SubspacesConfig:
@@ -151,7 +133,7 @@ def run_subspaces(a) -> int:
     check_output(a.out, sources=[src], overwrite=a.overwrite)
     prog = tqdm_progress("subspaces")
     try:
-        loaded = _load(a, prog.sub(0, 0.2))
+        loaded = load_from_args(a, prog.sub(0, 0.2))
         check_output(a.out, sources=[loaded.path], overwrite=a.overwrite)
         sub = compute_subspaces(loaded, cfg, prog.sub(0.2, 1.0), texts=texts)
         with output_folder(a.out, kind="subspaces", sources=[loaded.path], overwrite=a.overwrite) as tmp:
@@ -187,7 +169,7 @@ def run_lens(a) -> int:
     check_export_target(Path(a.model) if Path(a.model).exists() else None, a.out, a.overwrite)
     prog = tqdm_progress("lens")
     try:
-        loaded = _load(a, prog.sub(0, 0.1))
+        loaded = load_from_args(a, prog.sub(0, 0.1))
         check_export_target(loaded, a.out, a.overwrite)
         result = apply_lens(loaded, cfg, prog.sub(0.1, 0.9))
         out = export_lens(loaded, result, a.out, overwrite=a.overwrite, progress=prog.sub(0.9, 0.98))
@@ -202,25 +184,3 @@ def run_lens(a) -> int:
              f"{f['shift']:.3g} (goal {cfg.direction_scale}); {cfg.central} drift {f['retain_drift']:.3g}")
     _log(f"Exported to {out}; reload check: largest logit difference {diff:.3g}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run one of these commands standalone (``python -m polyprune.subspaces.cli lens ...``), with the
-    main CLI's error handling: bad input exits 2, Ctrl-C exits 130."""
-    ap = argparse.ArgumentParser(prog="polyprune")
-    add_parsers(ap.add_subparsers(dest="cmd", required=True))
-    a = ap.parse_args(argv)
-    try:
-        return a.func(a)
-    except PolypruneError as e:
-        print(f"\npolyprune: error: {e.problem}", file=sys.stderr)
-        if e.fix:
-            print(f"  fix: {e.fix}", file=sys.stderr)
-        return 2
-    except (Cancelled, KeyboardInterrupt):
-        print("\npolyprune: cancelled; the model was left as it was", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
