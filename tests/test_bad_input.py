@@ -381,7 +381,13 @@ def run_case(world: Path, case: Case, capsys, monkeypatch) -> str:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(world, case, capsys, monkeypatch):
-    run_case(world, case, capsys, monkeypatch)
+    err = run_case(world, case, capsys, monkeypatch)
+    report = __import__("os").environ.get("POLYPRUNE_CATALOGUE_REPORT")
+    if report:  # the catalogue as a table (case, outcome, exit status, message) for a closing note
+        lines = [ln.strip() for ln in err.splitlines() if ln.strip().startswith(("polyprune: error:", "fix:"))]
+        msg = " / ".join(lines) if lines else (err.strip().splitlines() or [""])[-1].strip()
+        with open(report, "a", encoding="utf-8") as f:
+            f.write(f"{case.id}\t{case.outcome}\t{case.rc}\t{msg}\n")
 
 
 def test_catalogue_size():
