@@ -109,3 +109,18 @@ def save_tiny(tmp_path: Path, family: str = "llama") -> Path:
     make_tiny_model(family).save_pretrained(path)
     make_tokenizer().save_pretrained(path)
     return path
+
+
+#: Tests whose outcome the summary names on its own line, so a CI log shows they ran (a skip would
+#: otherwise hide among the dots): the lm-evaluation-harness parity test above all.
+NAMED_IN_SUMMARY = ("tests/test_tasks.py::test_identical_to_lm_eval",)
+
+
+def pytest_terminal_summary(terminalreporter):
+    for nodeid in NAMED_IN_SUMMARY:
+        outcome = "not collected"
+        for key in ("passed", "failed", "error", "skipped"):
+            if any(getattr(r, "nodeid", "") == nodeid for r in terminalreporter.stats.get(key, [])):
+                outcome = key
+                break
+        terminalreporter.write_line(f"{nodeid}: {outcome}")
