@@ -123,4 +123,6 @@ def pytest_terminal_summary(terminalreporter):
             if any(getattr(r, "nodeid", "") == nodeid for r in terminalreporter.stats.get(key, [])):
                 outcome = key
                 break
-        terminalreporter.write_line(f"{nodeid}: {outcome}")
+        whole_suite = not terminalreporter.config.args or terminalreporter.config.args == ["tests"]
+        if outcome != "not collected" or whole_suite:
+            terminalreporter.write_line(f"{nodeid}: {outcome}")

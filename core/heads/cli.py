@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cli import add_model_args, load_from_args
+from ..arguments import add_model_args, load_from_args
 from ..errors import PolypruneError
 from ..languages import language_name
 from ..progress import tqdm_progress

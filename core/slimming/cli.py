@@ -12,7 +12,7 @@ import argparse
 import sys
 from dataclasses import fields
 
-from ..cli import add_model_args
+from ..arguments import add_model_args
 from ..errors import PolypruneError
 from .config import DTYPES, GGUF_TYPES, TASKS, VOCAB_MODES, SlimConfig
 

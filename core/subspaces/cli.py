@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from polyprune.cli import add_model_args, load_from_args
+from polyprune.arguments import add_model_args, load_from_args
 from polyprune.fileio import check_output, output_folder
 from polyprune.languages import resolve_language
 from polyprune.progress import tqdm_progress
