@@ -119,6 +119,7 @@ class MainWindow(QMainWindow):
         self.state.model_loaded.connect(lambda _: self._update_status())
         self.state.active_changed.connect(lambda _: self._update_status())
         self.state.variants_changed.connect(self._update_status)
+        self.state.model_note_changed.connect(lambda _: self._update_status())
 
         self.resize(*DEFAULT_SIZE)
         if restore:
@@ -317,7 +318,8 @@ class MainWindow(QMainWindow):
 
     def run_job(self, name: str, fn: Callable, on_finished: Callable | None = None,
                 on_failed: Callable | None = None, on_cancelled: Callable | None = None,
-                on_progress: Callable | None = None, model_changing: bool = True, quiet: bool = False) -> Job | None:
+                on_progress: Callable | None = None, model_changing: bool = True, quiet: bool = False,
+                while_modified: bool = False) -> Job | None:
         """Start ``fn(progress)`` in the background with logging and error dialogs.
 
         ``on_progress(fraction, message)`` receives this job's progress only. ``quiet`` jobs
@@ -325,10 +327,20 @@ class MainWindow(QMainWindow):
         error (:class:`~polyprune.errors.PolypruneError`) gives one log line and a dialog naming the
         control to change; an unexpected one also keeps its traceback behind the dialog's details.
 
+        ``while_modified`` jobs may run while a panel's in-place change stands
+        (:attr:`AppState.model_note`, e.g. Lens); other jobs are refused then, since their results
+        would be filed under a variant the model no longer is.
+
         Returns:
-            The :class:`Job`, or ``None`` when refused because another model job runs.
+            The :class:`Job`, or ``None`` when refused (another model job runs, or the model holds
+            an in-place change).
         """
         if self._closed or (self._closing and model_changing):
+            return None
+        if self.state.model_note and not while_modified:
+            self.error(f"The model in memory holds {self.state.model_note}, so {name[:1].lower() + name[1:]} "
+                       "would not work on the model the other panels show",
+                       f"export it or undo {self.state.model_note} in the Subspaces panel first, or load a model again")
             return None
         fin, fail, canc = self._safe(on_finished), self._safe(on_failed), self._safe(on_cancelled)
 
@@ -423,7 +435,8 @@ class MainWindow(QMainWindow):
             self.device_label.setText("Device: –")
             self.dtype_label.setText("Precision: –")
         active = self.state.active
-        self.variant_label.setText(f"Model holds: {active.name}" if active is not None else "No model")
+        note = f" + {self.state.model_note}" if self.state.model_note else ""
+        self.variant_label.setText(f"Model holds: {active.name}{note}" if active is not None else "No model")
         self._update_memory()
 
     def _update_memory(self) -> None:

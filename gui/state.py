@@ -45,6 +45,8 @@ class AppState(QObject):
         exported(str): the export folder.
         busy_changed(bool, str): a model job started (True, its name) or ended.
         recipe_changed(): settings were replaced from a recipe file.
+        model_note_changed(object): a change made in place outside the variants (``"Lens"``), or
+            ``None`` once it is undone; other model jobs are refused while it stands.
     """
 
     model_loaded = Signal(object)
@@ -57,6 +59,7 @@ class AppState(QObject):
     exported = Signal(str)
     busy_changed = Signal(bool, str)
     recipe_changed = Signal()
+    model_note_changed = Signal(object)
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
@@ -75,6 +78,7 @@ class AppState(QObject):
         self.busy = False
         self.busy_name = ""
         self.recipe = Recipe()
+        self.model_note: str | None = None
 
     # --- model --------------------------------------------------------------------------
     def set_model(self, loaded: LoadedModel | None) -> None:
@@ -88,10 +92,19 @@ class AppState(QObject):
         self.results = {}
         self.table = None
         self.export_path = None
+        self.model_note = None
         self.model_loaded.emit(loaded)
+        self.model_note_changed.emit(None)
         self.variants_changed.emit()
         self.active_changed.emit(self.active)
         self.evaluated.emit(None)
+
+    def set_model_note(self, note: str | None) -> None:
+        """Record a change a panel made to the model in place outside the variants (Lens), or
+        ``None`` when it was undone. While it stands the model is not any variant: other panels'
+        jobs are refused (see ``MainWindow.run_job``) so no result is filed under the wrong model."""
+        self.model_note = note
+        self.model_note_changed.emit(note)
 
     # --- calibration --------------------------------------------------------------------
     def cached_calibration(self, spec: dict) -> CalibrationSet | None:

@@ -180,6 +180,11 @@ def test_lens_runs_undoes_cancels_and_exports(qtbot, win, tmp_path):
     assert p.run_lens() is None
     expect_dialog(qtbot, win, "already applied")
 
+    # the model is no variant now: the status says so and other panels' jobs are refused
+    assert win.variant_label.text().endswith("+ Lens")
+    assert win.run_job("Pruning", lambda progress: None) is None
+    expect_dialog(qtbot, win, "holds Lens")
+
     p.export_to(tmp_path / "lens-model")
     idle(qtbot, win)
     card = (tmp_path / "lens-model" / "README.md").read_text(encoding="utf-8")
@@ -188,6 +193,7 @@ def test_lens_runs_undoes_cancels_and_exports(qtbot, win, tmp_path):
     qtbot.mouseClick(p.undo_btn, Qt.LeftButton)
     idle(qtbot, win)
     assert same(model, before) and p.lens_result is None and not p.undo_btn.isEnabled()
+    assert "Lens" not in win.variant_label.text() and win.state.model_note is None
 
 
 def test_recipe_round_trip(win):

@@ -190,7 +190,7 @@ class ModelPanel(QWidget):
                          f"hidden size {info['hidden_size']}, {info['parameters'] / 1e6:.1f} M parameters "
                          f"({info['prunable_parameters'] / 1e6:.1f} M prunable)")
 
-        return self.ctx.run_job(f"Loading {spec}", job, on_finished=done)
+        return self.ctx.run_job(f"Loading {spec}", job, on_finished=done, while_modified=True)
 
     # --- recent models --------------------------------------------------------------------
     def recent_models(self) -> list[str]:

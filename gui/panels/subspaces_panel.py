@@ -204,7 +204,7 @@ class SubspacesPanel(QWidget):
         self.status.setObjectName("help")
 
         self.scatter_box = PlotBox("subspace_scatter")
-        style_plot(self.scatter_box.plot, "Sentences in the language-specific subspace", "specific coordinate 2",
+        style_plot(self.scatter_box.plot, "Specific subspace", "specific coordinate 2",
                    "specific coordinate 1")
         self.scatter = pg.ScatterPlotItem(size=7, pen=None)
         self.mean_marks = pg.ScatterPlotItem(size=16, pen=pg.mkPen("#222", width=2), symbol="o")
@@ -212,11 +212,12 @@ class SubspacesPanel(QWidget):
         self.scatter_box.plot.addItem(self.scatter)
         self.scatter_box.plot.addItem(self.arrows)
         self.scatter_box.plot.addItem(self.mean_marks)
-        self.legend = self.scatter_box.plot.addLegend(offset=(8, 8), brush=pg.mkBrush(255, 255, 255, 170),
-                                                      pen=pg.mkPen("#bbb"))
-        self.scatter_box.caption.setText("Hover over a point to read its sentence.")
-        self.scatter_box.setToolTip("Each point is a sentence; large circles are the language means, lines the "
-                                    "directions from the central language")
+        self.legend = self.scatter_box.plot.addLegend(offset=(8, 8), brush=pg.mkBrush(255, 255, 255, 235),
+                                                      pen=pg.mkPen("#bbb"), labelTextColor="#24292f")
+        self.legend.setZValue(100)  # above the points it may cover
+        # no tooltip on the plot itself: it would pop up over the points whose sentences the caption shows
+        self.scatter_box.caption.setText("Each point is a sentence: hover over one to read it here. Large circles "
+                                         "are the language means, lines the directions from the central language.")
         self._proxy = pg.SignalProxy(self.scatter_box.plot.scene().sigMouseMoved, rateLimit=30, slot=self._on_hover)
 
         self.dist_box = PlotBox("language_distances")
@@ -243,7 +244,7 @@ class SubspacesPanel(QWidget):
         style_plot(self.dir_box.plot, "Direction from the central language", "size (within-language spreads)", "block")
         self.dir_line = pg.InfiniteLine(angle=90, pen=pg.mkPen("#999", style=Qt.DashLine))
         self.dir_box.plot.addItem(self.dir_line)
-        self.dir_legend = self.dir_box.plot.addLegend(offset=(8, 8), brush=pg.mkBrush(255, 255, 255, 170),
+        self.dir_legend = self.dir_box.plot.addLegend(offset=(8, 8), brush=pg.mkBrush(255, 255, 255, 235), labelTextColor="#24292f",
                                                       pen=pg.mkPen("#bbb"))
         self.dir_curves: dict[str, pg.PlotDataItem] = {}
         self.dir_box.caption.setText("Each language's mean minus the central language's, projected on the specific "
@@ -348,7 +349,7 @@ class SubspacesPanel(QWidget):
             self.show_subspaces(sub)
             self.ctx.log(f"Measured subspaces of {len(sub.languages)} languages in {sub.n_blocks} blocks", "ok")
 
-        return self.ctx.run_job("Measuring subspaces", job, on_finished=done)
+        return self.ctx.run_job("Measuring subspaces", job, on_finished=done, while_modified=True)
 
     def run_lens(self):
         """Apply Lens to the loaded model in a background job (cancel leaves the model as it was)."""
@@ -373,6 +374,7 @@ class SubspacesPanel(QWidget):
 
         def done(res):
             self.lens_result, self.lens_model = res, loaded.model
+            self.ctx.state.set_model_note("Lens")
             self.show_lens(res)
             self.show_subspaces(res.subspaces)
             self.ctx.log(f"Lens trained blocks {', '.join(str(b + 1) for b in res.blocks)} in {res.steps} steps "
@@ -394,11 +396,12 @@ class SubspacesPanel(QWidget):
 
         def done(_):
             self.lens_result = self.lens_model = None
+            self.ctx.state.set_model_note(None)
             self.lens_table.setRowCount(0)
             self.set_busy(self.ctx.state.busy)
             self.ctx.log("Lens undone: the trained blocks are as they were", "ok")
 
-        return self.ctx.run_job("Undoing Lens", job, on_finished=done)
+        return self.ctx.run_job("Undoing Lens", job, on_finished=done, while_modified=True)
 
     def export_to(self, folder: str | Path, overwrite: bool = False):
         """Export the model after Lens to ``folder`` in a background job."""
@@ -410,7 +413,7 @@ class SubspacesPanel(QWidget):
         def job(progress):
             return export_lens(loaded, res, folder, overwrite=overwrite, progress=progress)
 
-        return self.ctx.run_job("Exporting the Lens model", job, model_changing=False,
+        return self.ctx.run_job("Exporting the Lens model", job, model_changing=False, while_modified=True,
                                 on_finished=lambda out: self.ctx.log(f"Exported to {out}", "ok"))
 
     def _export_dialog(self) -> None:
@@ -521,7 +524,7 @@ class SubspacesPanel(QWidget):
                                 language_name(lang) + (" (central)" if lang == sub.central else ""))
         ylab = "specific coordinate 2" if K >= 3 else "agnostic coordinate"
         self.scatter_box.plot.setTitle(f"<span style='font-size:11pt; font-weight:600; color:#24292f'>"
-                                       f"Sentences in the specific subspace, block {l + 1}</span>")
+                                       f"Specific subspace, block {l + 1}</span>")
         self.scatter_box.plot.setLabel("left", ylab)
         self.scatter_box.plot.autoRange()
         # distance matrix
