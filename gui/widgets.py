@@ -9,11 +9,11 @@ from typing import Iterable, Sequence
 import numpy as np
 import pyqtgraph as pg
 import pyqtgraph.exporters as pg_exporters
-from PySide6.QtCore import QRectF, QStringListModel, Qt, QTimer, Signal
+from PySide6.QtCore import QRectF, QSize, QStringListModel, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFont, QPainter
 from PySide6.QtSvg import QSvgGenerator
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QCompleter, QFileDialog, QGroupBox, QHBoxLayout,
-                               QHeaderView, QLabel, QListView, QListWidget, QListWidgetItem, QPushButton, QTableWidget, QToolButton, QVBoxLayout,
+                               QHeaderView, QLabel, QListView, QListWidget, QListWidgetItem, QScrollArea, QSizePolicy, QPushButton, QTableWidget, QToolButton, QVBoxLayout,
                                QWidget)
 
 from polyprune.errors import PolypruneError
@@ -315,6 +315,10 @@ class LanguageList(QWidget):
         self.list.setWrapping(True)
         self.list.setResizeMode(QListView.Adjust)  # re-wrap when the panel is resized, no sideways scrolling
         self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        # the width comes from the column, never from the items: a wrapped list would otherwise ask for
+        # the width of all its items in one row and push the buttons beside it out of view
+        self.list.setSizePolicy(QSizePolicy.Ignored, self.list.sizePolicy().verticalPolicy())
+        self.list.setMinimumWidth(120)
         self.list.setMaximumHeight(52)
         self.list.setSelectionMode(QAbstractItemView.ExtendedSelection)
         self.list.setToolTip(tooltip)
@@ -346,6 +350,33 @@ class LanguageList(QWidget):
         self.list.clear()
         for c in codes:
             self.add_code(c)
+
+
+class SettingsColumn(QScrollArea):
+    """A vertically scrolling column for a panel's settings, never narrower than its content.
+
+    Its minimum width is the content's minimum width plus the vertical scroll bar, asked each time
+    the layout asks (fonts and styles settle after construction), so nothing is cut off at the
+    right edge; a fixed minimum of 500 px once hid the Remove buttons and the ends of the
+    language lists."""
+
+    def __init__(self, content: QWidget, min_width: int = 500):
+        super().__init__()
+        self.min_width = min_width
+        self.setWidget(content)
+        self.setWidgetResizable(True)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+
+    def minimumSizeHint(self) -> QSize:
+        hint = super().minimumSizeHint()
+        bar = self.verticalScrollBar().sizeHint().width()
+        need = self.widget().minimumSizeHint().width() + bar + 2 * self.frameWidth()
+        return QSize(max(self.min_width, need), hint.height())
+
+
+def settings_column(content: QWidget, min_width: int = 500) -> SettingsColumn:
+    """A :class:`SettingsColumn` holding ``content``."""
+    return SettingsColumn(content, min_width)
 
 
 def style_plot(plot: pg.PlotItem, title: str, left: str, bottom: str) -> None:

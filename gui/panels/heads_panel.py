@@ -9,7 +9,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QRectF, Qt
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
-                               QHBoxLayout, QLabel, QLineEdit, QPushButton, QScrollArea, QSpinBox,
+                               QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox,
                                QSplitter, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from polyprune.errors import PolypruneError
@@ -19,7 +19,7 @@ from polyprune.heads.removal import describe_heads, propose_removal
 from polyprune.heads.stats import agreement
 from polyprune.languages import display_label, language_name
 
-from ..widgets import LanguageList, PlotBox, group, heading, help_label, plot_title, primary, results_table, style_plot
+from ..widgets import LanguageList, PlotBox, settings_column, group, heading, help_label, plot_title, primary, results_table, style_plot
 
 #: Colour-blind-safe palette (Okabe-Ito, then Tableau) for languages; shared heads dark grey.
 PALETTE = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#4C78A8", "#F58518",
@@ -279,11 +279,7 @@ class HeadsPanel(QWidget):
         ll.addWidget(settings)
         ll.addWidget(removal)
         ll.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidget(left)
-        scroll.setWidgetResizable(True)
-        scroll.setMinimumWidth(500)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        scroll = settings_column(left)
         body = QSplitter(Qt.Horizontal)
         body.addWidget(scroll)
         body.addWidget(plots)

@@ -169,7 +169,7 @@ class SlimPanel(QWidget):
         left.addWidget(heading("Slim a model for the languages you need"))
         left.addWidget(help_label("Pruned weights are stored as zeros, so a pruned model is as big and as slow as the "
                                   "dense one. Slimming removes whole parts instead: the tokens of scripts you do not "
-                                  "need, the least useful blocks, and (soon) attention heads."))
+                                  "need and the least useful blocks (attention heads: the Heads panel's hard cut)."))
         left.addWidget(group("Languages to keep", lang_box))
         left.addWidget(group("What to remove", form))
         left.addWidget(group("Evaluate the kept languages", eform))

@@ -16,7 +16,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QHBoxLayout, QLabel,
-                               QLineEdit, QPushButton, QScrollArea, QSlider, QSpinBox, QSplitter,
+                               QLineEdit, QPushButton, QSlider, QSpinBox, QSplitter,
                                QTableWidgetItem, QVBoxLayout, QWidget)
 
 from polyprune.errors import PolypruneError
@@ -26,7 +26,7 @@ from polyprune.subspaces import LensConfig, SubspacesConfig
 from polyprune.subspaces.lens import apply_lens, export_lens
 from polyprune.subspaces.space import compute_subspaces, load_subspaces, save_folder
 
-from ..widgets import LanguageList, PlotBox, group, heading, help_label, primary, results_table, style_plot
+from ..widgets import LanguageList, PlotBox, settings_column, group, heading, help_label, primary, results_table, style_plot
 
 #: Colour-blind-safe categorical colours (Okabe-Ito, then Tableau) for languages.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000",
@@ -181,11 +181,7 @@ class SubspacesPanel(QWidget):
         cl.addWidget(sub_box)
         cl.addWidget(lens_box)
         cl.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(controls)
-        scroll.setMinimumWidth(500)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        scroll = settings_column(controls)
 
         # --- block selector and plots ---
         self.block = QSpinBox()
