@@ -393,6 +393,7 @@ def style_plot(plot: pg.PlotItem, title: str, left: str, bottom: str) -> None:
         plot.getAxis(ax).setTextPen("#333333")
         plot.getAxis(ax).setPen("#888888")
     plot.setRange(xRange=(0, 1), yRange=(0, 1), padding=0.05)
+    plot.enableAutoRange()  # setRange switched it off; data drawn later must still fit the view
 
 
 def plot_title(title: str, subtitle: str = "") -> str:

@@ -495,3 +495,23 @@ def test_screenshots_mode_writes_one_png_per_panel(qtbot, tmp_path, tiny_long_pa
         torch.set_num_threads(threads)  # launch() leaves a core to the window; undo for other tests
     for name in [MAIN_NAME, *SHOT_NAMES]:
         assert (out / name).stat().st_size > 5000, name
+
+
+def test_empty_plot_then_data_fits(qtbot):
+    """An empty plot spans 0..1 with plain numbers; data drawn later is in view (the empty range
+    once stuck, squeezing the heads scatter into a corner)."""
+    import pyqtgraph as pg
+
+    from polyprune.gui.widgets import PlotBox, style_plot
+
+    box = PlotBox("x")
+    qtbot.addWidget(box)
+    style_plot(box.plot, "t", "y", "x")
+    box.resize(400, 300)
+    box.show()
+    (x0, x1), (y0, y1) = box.plot.viewRange()
+    assert x0 < 0 < 1 < x1 and y0 < 0 < 1 < y1
+    assert not box.plot.getAxis("left").autoSIPrefix
+    box.plot.addItem(pg.ScatterPlotItem(x=[0, 5], y=[0, 30]))
+    qtbot.waitUntil(lambda: box.plot.viewRange()[1][1] >= 30, timeout=3000)
+    assert box.plot.viewRange()[0][1] >= 5
