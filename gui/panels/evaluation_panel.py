@@ -540,8 +540,11 @@ class EvaluationPanel(QWidget):
             self.ctx.log(f"Evaluated {', '.join(v.name for v in variants)}: {len(table.rows)} results")
 
         self.progress_label.setText("Starting…")
-        return self.ctx.run_job("Evaluating", job, on_finished=done, on_progress=self._progress,
-                                on_cancelled=lambda: self.progress_label.setText("Cancelled: nothing changed"))
+        started = self.ctx.run_job("Evaluating", job, on_finished=done, on_progress=self._progress,
+                                   on_cancelled=lambda: self.progress_label.setText("Cancelled: nothing changed"))
+        if started is None:  # refused (the reason is in a dialog): do not keep saying "Starting…"
+            self.progress_label.setText("")
+        return started
 
     def _progress(self, frac: float, msg: str) -> None:
         if msg:

@@ -458,8 +458,11 @@ class PruningPanel(QWidget):
 
         self.progress.setValue(0)
         self.progress_label.setText("Starting…")
-        return self.ctx.run_job("Pruning", job, on_finished=done, on_cancelled=lambda: unchanged("Cancelled"),
-                                on_failed=lambda *_: unchanged("Pruning failed"), on_progress=self._progress)
+        started = self.ctx.run_job("Pruning", job, on_finished=done, on_cancelled=lambda: unchanged("Cancelled"),
+                                   on_failed=lambda *_: unchanged("Pruning failed"), on_progress=self._progress)
+        if started is None:  # refused (the reason is in a dialog): do not keep saying "Starting…"
+            self.progress_label.setText("")
+        return started
 
     def _move(self, name: str, variant, message: str):
         session = self.ctx.state.session

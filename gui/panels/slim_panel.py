@@ -188,6 +188,9 @@ class SlimPanel(QWidget):
                                    "Parameters and bytes of each part before and after (bytes in the export precision)")
         self.size_plot = PlotBox("slim-sizes")
         self.influence_plot = PlotBox("slim-block-influence")
+        style_plot(self.influence_plot.plot, "Block influence (ShortGPT)", "1 - cos(in, out)", "block")
+        self.influence_plot.caption.setText("Measured when Remove blocks is above 0: the blocks that change their "
+                                            "input least are removed first.")
         self.quality = results_table(["language / task", "metric", "before", "after", "change", "95% interval", "n"],
                                      "Held-out sentence NLL (nats) of each kept language, and tasks, before and after")
         self.curve_plot = PlotBox("slim-tradeoff")
