@@ -515,3 +515,18 @@ def test_empty_plot_then_data_fits(qtbot):
     box.plot.addItem(pg.ScatterPlotItem(x=[0, 5], y=[0, 30]))
     qtbot.waitUntil(lambda: box.plot.viewRange()[1][1] >= 30, timeout=3000)
     assert box.plot.viewRange()[0][1] >= 5
+
+
+def test_skip_blocks_field_follows_the_command_line_rule():
+    """The Pruning panel reads Skip blocks with the same rule as --skip-blocks; its messages name the field."""
+    from polyprune.arguments import block_list
+    from polyprune.errors import PolypruneError
+    from polyprune.gui.panels.pruning_panel import parse_blocks
+
+    for text in ["0, 3-5;17", "2", "", "4-4, 1"]:
+        assert parse_blocks(text, 18) == block_list(text)
+    with pytest.raises(PolypruneError, match="not a block number") as e:
+        parse_blocks("first", 18)
+    assert "Skip blocks" in e.value.fix
+    with pytest.raises(PolypruneError, match="no block 18"):
+        parse_blocks("0, 18", 18)

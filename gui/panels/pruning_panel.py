@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFi
                                QLabel, QLineEdit, QProgressBar, QPushButton, QSlider, QSpinBox, QSplitter,
                                QTableWidgetItem, QTextBrowser, QToolButton, QVBoxLayout, QWidget)
 
+from polyprune.arguments import block_list
 from polyprune.errors import PolypruneError
 from polyprune.recipe import LAYERWISE, METHODS, PruneConfig, Recipe
 from polyprune.session import prune_variant
@@ -45,27 +46,17 @@ def parse_blocks(text: str, n_blocks: int | None = None) -> list[int]:
     Raises:
         PolypruneError: not a list of block numbers, or a block the model does not have.
     """
-    out: list[int] = []
-    for part in text.replace(";", ",").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            if "-" in part:
-                a, b = (int(x) for x in part.split("-", 1))
-                out.extend(range(a, b + 1))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise PolypruneError(f"'{part}' is not a block number",
-                                 "list block numbers in Skip blocks (Pruning panel) separated by commas, with "
-                                 "ranges like 3-5") from None
+    try:
+        out = block_list(text)
+    except PolypruneError as e:  # the same rule as --skip-blocks; the fix names the control
+        raise PolypruneError(e.problem, "list block numbers in Skip blocks (Pruning panel) separated by commas, "
+                                        "with ranges like 3-5") from None
     if n_blocks is not None:
         bad = [b for b in out if b < 0 or b >= n_blocks]
         if bad:
             raise PolypruneError(f"The model has no block {bad[0]} (it has blocks 0–{n_blocks - 1})",
                                  f"use block numbers from 0 to {n_blocks - 1} in Skip blocks (Pruning panel)")
-    return sorted(set(out))
+    return out
 
 
 def fmt_bytes(n: int) -> str:
