@@ -12,6 +12,7 @@ pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QSettings, Qt  # noqa: E402
 from PySide6.QtWidgets import QMessageBox  # noqa: E402
+from shiboken6 import Shiboken  # noqa: E402
 
 from conftest import make_tokenizer, make_tiny_model  # noqa: E402
 from test_heads import SENTENCES, write_texts  # noqa: E402
@@ -33,11 +34,16 @@ def win(qtbot, tmp_path):
     w.heads_panel = panel
     w.show()
     yield w
-    w.runner.cancel_all()
-    w.runner.wait(LONG)
-    qtbot.waitUntil(lambda: not w.runner.active_jobs(), timeout=LONG)
-    for box in w.findChildren(QMessageBox):
-        box.close()
+    runner = w.runner  # kept: the window's C++ object is sometimes gone by now (see below)
+    runner.cancel_all()
+    runner.wait(LONG)
+    qtbot.waitUntil(lambda: not runner.active_jobs(), timeout=LONG)
+    # Run alone, this module's first window is at times deleted by Qt during teardown, after every
+    # assertion (PySide6 6.11, a garbage collection at the right moment; not seen in the real window
+    # or in the full suite). There is nothing left to close then.
+    if Shiboken.isValid(w):
+        for box in w.findChildren(QMessageBox):
+            box.close()
 
 
 def idle(qtbot, w):
