@@ -107,6 +107,18 @@ def base_model(model: nn.Module) -> nn.Module:
     return base if base is not None and base is not model else model
 
 
+def pad_id(model: nn.Module, tokenizer=None) -> int:
+    """The id to right-pad batches with: the config's ``pad_token_id``, else the tokenizer's, else 0.
+
+    Any id works: padding is masked and lies after the real tokens, so a causal model's states at
+    real tokens never see it.
+    """
+    for v in (getattr(getattr(model, "config", None), "pad_token_id", None), getattr(tokenizer, "pad_token_id", None)):
+        if isinstance(v, int) and v >= 0:
+            return v
+    return 0
+
+
 def prunable_linears(block: nn.Module) -> dict[str, nn.Module]:
     """Prunable layers of one block, ``{name relative to the block: module}``, in module order."""
     return {name: m for name, m in block.named_modules() if is_prunable(m)}

@@ -20,7 +20,7 @@ from ..export import export, reload_check
 from ..fileio import check_output
 from ..fileio import jsonable
 from ..languages import language_name
-from ..models import LoadedModel
+from ..models import LoadedModel, pad_id
 from ..progress import Progress, ensure
 from .classify import classify
 from .config import HeadsConfig, RemovalConfig, format_heads_spec, parse_heads_spec
@@ -29,7 +29,7 @@ from .locate import HeadLayout, find_heads
 from .removal import (Heads, RemovalPlan, SoftRemoval, check_heads, count_heads, describe_heads, hard_cut,
                       nearest_stock, not_stock_error, predicted_effects, propose_removal, stock_problem)
 from .results import HeadsResult
-from .scoring import compute_scores, load_texts, pad_id
+from .scoring import compute_scores, load_texts
 
 REMOVED_JSON = "removed_heads.json"
 
@@ -55,7 +55,7 @@ def score_heads(loaded: LoadedModel, cfg: HeadsConfig, progress: Progress | None
     texts = load_texts(tok, cfg.texts, cfg.languages, cfg.samples, cfg.split, cfg.seq_len)
     heldout = load_texts(tok, cfg.texts, cfg.languages, cfg.cross_samples, cfg.cross_split, cfg.seq_len) if cfg.cross else None
     layout = find_heads(model)
-    pad = pad_id(tok, model)
+    pad = pad_id(model, tok)
     end = 0.8 if cfg.cross else 1.0
     scores = compute_scores(model, layout, texts, cfg.kinds, cfg.batch_size, pad, progress.sub(0.01, end))
     kind = cfg.ranking_kind()
@@ -165,7 +165,7 @@ def remove_heads(loaded: LoadedModel, cfg: HeadsConfig, out: str | Path, *, over
     if r.measure and langs:
         heldout = load_texts(tok, cfg.texts, langs, cfg.cross_samples, cfg.cross_split, cfg.seq_len)
         pred = np.array([[res.predicted.get(lt.language, np.nan) for lt in heldout]])
-        eff, _ = effects(model, layout, heldout, [order], cfg.batch_size, pad_id(tok, model), cfg.bootstrap, cfg.seed,
+        eff, _ = effects(model, layout, heldout, [order], cfg.batch_size, pad_id(model, tok), cfg.bootstrap, cfg.seed,
                          pred, progress.sub(0.5, 0.8))
         res.effects = eff[0]
     res.params_before = _count(model)

@@ -91,14 +91,6 @@ def make_batches(ids: list[list[int]], batch_size: int, pad_id: int) -> list[tup
     return out
 
 
-def pad_id(tokenizer, model) -> int:
-    """The tokenizer's pad id, else the config's, else 0 (padding is masked, so any id works)."""
-    for v in (getattr(tokenizer, "pad_token_id", None), getattr(model.config, "pad_token_id", None)):
-        if isinstance(v, int) and v >= 0:
-            return v
-    return 0
-
-
 def _hidden(model: nn.Module, inp: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
     out = model.base_model(input_ids=inp, attention_mask=att, use_cache=False)
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]

@@ -50,11 +50,10 @@ from polyprune.export import export
 from polyprune.fileio import check_output
 from polyprune.fileio import dumps
 from polyprune.languages import language_name
-from polyprune.models import find_blocks
+from polyprune.models import base_model, find_blocks
 from polyprune.progress import Progress, ensure
 
 from .config import LensConfig
-from .represent import base_model
 from .space import FILE_NAME, Subspaces, compute_subspaces, load_subspaces
 
 PAIR_SUFFIXES = (".jsonl", ".json", ".tsv", ".csv", ".tab")

@@ -18,26 +18,8 @@ from __future__ import annotations
 import torch
 
 from polyprune.errors import PolypruneError
-from polyprune.models import find_blocks
+from polyprune.models import base_model, find_blocks, pad_id
 from polyprune.progress import Progress, ensure
-
-
-def base_model(model):
-    """The model without its LM head (``model.base_model``), so no ``[B, T, vocab]`` logits are formed."""
-    base = getattr(model, "base_model", None)
-    return base if base is not None else model
-
-
-def pad_id(model, tokenizer=None) -> int:
-    """The id padded with: the model config's ``pad_token_id``, else the tokenizer's, else 0.
-
-    The value never changes a real token's state (padding is masked and lies after the real tokens).
-    """
-    for v in (getattr(getattr(model, "config", None), "pad_token_id", None),
-              getattr(tokenizer, "pad_token_id", None)):
-        if isinstance(v, int) and v >= 0:
-            return v
-    return 0
 
 
 def right_padded(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     from polyprune.heads import HeadsConfig, find_heads, score_heads
-    from polyprune.heads.scoring import language_sentence_nll, load_texts, pad_id
+    from polyprune.heads.scoring import language_sentence_nll, load_texts
+    from polyprune.models import pad_id
     from polyprune.models import load_model
 
     langs = [x for x in a.languages.split(",") if x]
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
                       cross=True, cross_samples=a.cross_samples, bootstrap=200).validate()
     layout = find_heads(model)
     texts = load_texts(tok, cfg.texts, cfg.languages, cfg.samples, cfg.split, cfg.seq_len)
-    pad = pad_id(tok, model)
+    pad = pad_id(model, tok)
     t, c = time.perf_counter(), time.process_time()
     for lt in texts:
         language_sentence_nll(model, layout, lt, cfg.batch_size, pad)
